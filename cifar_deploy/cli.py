@@ -1,0 +1,158 @@
+"""The ``cifar-deploy`` command line: thin typer commands over the library.
+
+Each command parses options, calls one library function and renders its result. Project errors
+become one line on stderr (plus a hint) and the error's exit code; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__, _tf, console
+from .errors import EXIT_INTERRUPTED, CifarDeployError
+
+app = typer.Typer(
+    name="cifar-deploy",
+    help="Take CIFAR-10 classifiers from training to deployment: train, export, verify, "
+    "benchmark and serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def handles_errors(fn):
+    """Turn project errors into one-line messages and their exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CifarDeployError as exc:
+            console.error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        console.out.print(f"cifar-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show TensorFlow's own log lines and debug output.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+):
+    """Train, export, verify, benchmark and serve CIFAR-10 classifiers."""
+    _tf.set_verbose(verbose)
+    console.setup_logging(verbose)
+
+
+class Strategy(str, Enum):
+    none = "none"
+    mirrored = "mirrored"
+
+
+class Precision(str, Enum):
+    off = "off"
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command("models")
+@handles_errors
+def models_cmd(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """List the model registry: name, parameters, input and default recipe."""
+    from .training import model_catalog
+
+    rows = model_catalog()
+    if json_out:
+        return console.print_json(rows)
+    console.out.print(
+        console.table(
+            "Models",
+            ["name", "parameters", "input", "default recipe", "description"],
+            [(r["name"], f"{r['parameters']:,}", r["input"], r["recipe"], r["description"])
+             for r in rows],  # fmt: skip
+        )
+    )
+
+
+@app.command("train")
+@handles_errors
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="Model name: cnn, mobilenetv2, wrn-28-10 (any wrn-D-W).")],
+    quick: Annotated[bool, typer.Option(help="CNN only: the ~10-minute CPU preset.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main phase.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the main phase.")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="Linear warmup epochs.")] = None,
+    final_lr: Annotated[Optional[float], typer.Option(help="Learning rate the cosine ends at.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing, 0..1.")] = None,
+    mixup_alpha: Annotated[Optional[float], typer.Option(help="MixUp Beta(a, a); 0 disables.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 coefficient on kernels.")] = None,
+    crop_padding: Annotated[Optional[int], typer.Option(help="Random-crop padding in pixels; 0 disables.")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10 directory or archive (else $CIFAR10_DIR, the Keras cache, a download).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<model>/ goes.")] = Path("runs"),
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Use at most N training images (stratified).")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Share of training images held out for validation.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for NumPy, TensorFlow and Python.")] = 42,
+    weights: Annotated[Optional[str], typer.Option(help="MobileNetV2: imagenet, none, or a weights file.")] = None,
+    strategy: Annotated[Strategy, typer.Option(help="mirrored: all GPUs (or logical CPUs).")] = Strategy.none,
+    mixed_precision: Annotated[Optional[Precision], typer.Option(help="auto: bf16 on AMX CPUs, fp16 on GPUs.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run record as JSON.")] = False,
+):
+    """Train a model with its published recipe; writes runs/<model>/best.keras and run files."""
+    from .training import resolve_recipe
+    from .training.trainer import TrainConfig, train
+
+    recipe = resolve_recipe(
+        model, quick=quick, epochs=epochs, batch_size=batch_size, lr=lr,
+        warmup_epochs=warmup_epochs, final_lr=final_lr, label_smoothing=label_smoothing,
+        mixup_alpha=mixup_alpha, weight_decay=weight_decay, crop_padding=crop_padding, flip=flip,
+        early_stopping_patience=patience, val_split=val_split,
+        mixed_precision=mixed_precision.value if mixed_precision else None,
+    )  # fmt: skip
+    config = TrainConfig(
+        model=model, recipe=recipe, seed=seed, runs_dir=str(runs_dir), weights=weights,
+        data_dir=str(data_dir) if data_dir else None, max_train_samples=max_train_samples,
+        strategy=strategy.value, verbose=0 if json_out else (1 if sys.stderr.isatty() else 2),
+    )  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress goes to stderr, data to stdout
+        result = train(config)
+    if json_out:
+        return console.print_json(result.info)
+    console.out.print(
+        console.table(
+            f"Trained {result.info['model']}",
+            ["test accuracy", "best val accuracy", "epochs", "wall time", "checkpoint"],
+            [(f"{result.test_accuracy:.2%}", f"{result.best_val_accuracy:.2%}",
+              result.epochs_run, f"{result.wall_seconds:.0f} s", str(result.best_path))],
+        )  # fmt: skip
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

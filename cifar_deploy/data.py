@@ -1,0 +1,347 @@
+"""CIFAR-10 loading, validation splits and calibration samples.
+
+Promises:
+- reads the canonical "python version" release, as an extracted ``cifar-10-batches-py`` directory
+  or as the ``cifar-10-python.tar.gz`` archive, holding any non-empty subset of ``data_batch_1..5``
+  plus ``test_batch``;
+- never executes code from a data file: pickles go through an unpickler that only resolves what a
+  numpy array needs;
+- returns uint8 images in NHWC layout (N, 32, 32, 3) and int64 labels in 0..9;
+- every problem with a file is one :class:`DataFormatError` that names the file.
+
+Lookup order for the data: an explicit path, then ``$CIFAR10_DIR``, then the Keras cache
+(``~/.keras/datasets``), then Keras' own download (online users only).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataFormatError, DataNotFoundError, InvalidOptionError, UnsafePickleError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+DIR_NAME = "cifar-10-batches-py"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+KERAS_CACHE_NAME = "cifar-10-batches-py-target"  # where keras.datasets.cifar10 extracts to
+CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+# What a canonical CIFAR-10 pickle may ask for: numpy's array reconstruction, and
+# `_codecs.encode`, which Python 3 writes for byte strings in protocol-2 pickles.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global outside :data:`_ALLOWED_GLOBALS`."""
+
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="bytes")
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to load {module}.{name}; a CIFAR-10 pickle may only "
+                "hold numpy arrays, lists, dicts, numbers and strings",
+                hint="the file is not a genuine CIFAR-10 batch; do not load it",
+            )
+        if module == "numpy.core.multiarray":  # numpy 2 moved it; avoid the deprecation shim
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        if module == "_codecs":
+            import _codecs
+
+            return _codecs.encode
+        return super().find_class(module, name)
+
+
+def safe_unpickle(data: bytes, source: str) -> object:
+    """Unpickle ``data`` with the restricted unpickler; errors name ``source``."""
+    if not data:
+        raise DataFormatError(f"{source}: file is empty; expected a CIFAR-10 pickle")
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), source).load()
+    except UnsafePickleError:
+        raise
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError) as exc:
+        raise DataFormatError(
+            f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+            "expected a CIFAR-10 batch"
+        ) from None
+
+
+def parse_batch(obj: object, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Turn one unpickled batch dict into (images uint8 NHWC, labels int64), validating it."""
+    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise DataFormatError(
+            f"{source}: expected a dict with b'data' and b'labels', received {keys}"
+        )
+    data, labels = obj[b"data"], obj[b"labels"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", type(data).__name__)
+        raise DataFormatError(f"{source}: expected data of shape (N, 3072), received {shape}")
+    if data.dtype != np.uint8:
+        raise DataFormatError(f"{source}: expected uint8 pixels, received {data.dtype}")
+    labels = np.asarray(labels)
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(
+            f"{source}: expected {data.shape[0]} integer labels, received "
+            f"shape {labels.shape} of {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataFormatError(
+            f"{source}: labels must lie in 0..{NUM_CLASSES - 1}, "
+            f"received {labels.min()}..{labels.max()}"
+        )
+    # Rows hold the R, G, B planes of 32x32 row-major images: (N, 3, 32, 32) -> NHWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+@dataclass
+class CifarData:
+    """The loaded dataset: uint8 NHWC images, int64 labels, and where they came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...] = CLASS_NAMES
+    source: str = ""
+    train_batches: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def missing_batches(self) -> tuple[str, ...]:
+        return tuple(b for b in TRAIN_BATCHES if b not in self.train_batches)
+
+
+class _DirReader:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.root.iterdir() if p.is_file()}
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def label(self, name: str) -> str:
+        return str(self.root / name)
+
+
+class _TarReader:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._tar = tarfile.open(path, "r:*")
+            # Members are only read into memory, never extracted, so member paths cannot escape.
+            self._members = {
+                Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()
+            }
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DataFormatError(
+                f"{path}: not a readable CIFAR-10 archive ({exc}); expected {ARCHIVE_NAME}"
+            ) from None
+
+    def names(self) -> set[str]:
+        return set(self._members)
+
+    def read(self, name: str) -> bytes:
+        try:
+            fh = self._tar.extractfile(self._members[name])
+            return fh.read() if fh else b""
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DataFormatError(f"{self.label(name)}: archive member unreadable ({exc})") from None
+
+    def label(self, name: str) -> str:
+        return f"{self.path}:{name}"
+
+
+def _reader_for(path: Path) -> _DirReader | _TarReader | None:
+    """A reader for a batches directory, an archive, or a directory holding either."""
+    if path.is_file():
+        return _TarReader(path)
+    if not path.is_dir():
+        return None
+    for candidate in (path / DIR_NAME, path):
+        if candidate.is_dir() and (candidate / TEST_BATCH).exists():
+            return _DirReader(candidate)
+    if (path / ARCHIVE_NAME).is_file():
+        return _TarReader(path / ARCHIVE_NAME)
+    return None
+
+
+def _keras_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def not_found_message() -> str:
+    return (
+        "CIFAR-10 not found and could not be downloaded; provide it with --data-dir PATH, "
+        f"or CIFAR10_DIR=PATH, or put {DIR_NAME}/ or {ARCHIVE_NAME} in the Keras cache "
+        f"({_keras_cache()})"
+    )
+
+
+def _download() -> Path:
+    """Keras' own download of the canonical archive (network required)."""
+    from . import _tf
+
+    keras = _tf.keras()
+    try:
+        return Path(
+            keras.utils.get_file(
+                KERAS_CACHE_NAME, origin=DOWNLOAD_URL, extract=True, file_hash=DOWNLOAD_SHA256
+            )
+        )
+    except Exception as exc:  # urllib and keras raise many types; all mean "no download"
+        raise DataNotFoundError(
+            not_found_message(), hint=f"download failed: {type(exc).__name__}"
+        ) from None
+
+
+def locate(data_dir: str | os.PathLike | None = None, download: bool = True):
+    """Find the data: explicit path, $CIFAR10_DIR, the Keras cache, then Keras' download."""
+    explicit = data_dir if data_dir is not None else os.environ.get("CIFAR10_DIR") or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        reader = _reader_for(path)
+        if reader is None:
+            origin = "--data-dir" if data_dir is not None else "CIFAR10_DIR"
+            raise DataNotFoundError(
+                f"{origin}={path} holds no CIFAR-10 data; expected a {DIR_NAME} directory "
+                f"with {TEST_BATCH} and data_batch_N files, or {ARCHIVE_NAME}"
+            )
+        return reader
+    cache = _keras_cache()
+    for candidate in (cache / DIR_NAME, cache / KERAS_CACHE_NAME, cache / ARCHIVE_NAME):
+        if candidate.exists() and (reader := _reader_for(candidate)) is not None:
+            return reader
+    if not download:
+        raise DataNotFoundError(not_found_message())
+    return _reader_for(_download()) or _fail_not_found()
+
+
+def _fail_not_found():
+    raise DataNotFoundError(not_found_message())
+
+
+def _read_class_names(reader) -> tuple[str, ...]:
+    if META_FILE not in reader.names():
+        return CLASS_NAMES
+    meta = safe_unpickle(reader.read(META_FILE), reader.label(META_FILE))
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise DataFormatError(
+            f"{reader.label(META_FILE)}: expected {NUM_CLASSES} label names, received {names!r:.80}"
+        )
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True) -> CifarData:
+    """Load every training batch present plus the test batch.
+
+    Warns (logging) when fewer than five training batches are present.
+    """
+    reader = locate(data_dir, download=download)
+    names = reader.names()
+    present = tuple(b for b in TRAIN_BATCHES if b in names)
+    if not present:
+        raise DataFormatError(
+            f"{reader.label('')}: no training batches; expected at least one of "
+            f"{', '.join(TRAIN_BATCHES)}"
+        )
+    if TEST_BATCH not in names:
+        raise DataFormatError(f"{reader.label('')}: {TEST_BATCH} is missing")
+    if len(present) < len(TRAIN_BATCHES):
+        log.warning(
+            "only %d of 5 CIFAR-10 training batches found (%s); training on %d images",
+            len(present), ", ".join(present), len(present) * 10_000,
+        )  # fmt: skip
+    parts = [
+        parse_batch(safe_unpickle(reader.read(b), reader.label(b)), reader.label(b))
+        for b in present
+    ]
+    x_test, y_test = parse_batch(
+        safe_unpickle(reader.read(TEST_BATCH), reader.label(TEST_BATCH)), reader.label(TEST_BATCH)
+    )
+    return CifarData(
+        x_train=np.concatenate([p[0] for p in parts]),
+        y_train=np.concatenate([p[1] for p in parts]),
+        x_test=x_test,
+        y_test=y_test,
+        class_names=_read_class_names(reader),
+        source=reader.label("").rstrip(":/") or str(reader.label("")),
+        train_batches=present,
+    )
+
+
+def stratified_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` indices drawn without replacement, class shares as in ``labels``, seeded.
+
+    Each class gets ``floor(count * share)`` places; the remainder goes to the classes with the
+    largest fractional parts, so the draw is exactly ``count`` long and deterministic.
+    """
+    labels = np.asarray(labels)
+    if not 0 <= count <= labels.size:
+        raise InvalidOptionError(
+            f"cannot draw {count} samples from {labels.size}; expected 0..{labels.size}"
+        )
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * count / labels.size
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]:
+        quota[i] += 1
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)
+    ]
+    return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+
+def train_val_split(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A seeded, stratified split into (train, validation)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InvalidOptionError(
+            f"validation split must be between 0 and 1 (exclusive), received {val_fraction}"
+        )
+    val_idx = stratified_indices(y, int(round(len(y) * val_fraction)), seed)
+    mask = np.ones(len(y), dtype=bool)
+    mask[val_idx] = False
+    return (x[mask], y[mask]), (x[val_idx], y[val_idx])
+
+
+def subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int):
+    """At most ``count`` examples, stratified and seeded; all of them when ``count`` is None."""
+    if count is None or count >= len(y):
+        return x, y
+    idx = stratified_indices(y, count, seed)
+    return x[idx], y[idx]

@@ -1,0 +1,23 @@
+"""Training: the model registry, one module per model family, recipes and the trainer."""
+
+from .registry import (
+    ModelSpec,
+    create_model,
+    get_model_spec,
+    list_models,
+    model_catalog,
+    recipe_summary,
+    register_model,
+    resolve_recipe,
+)
+
+__all__ = [
+    "ModelSpec",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "model_catalog",
+    "recipe_summary",
+    "register_model",
+    "resolve_recipe",
+]

@@ -1,0 +1,109 @@
+"""Shared fixtures: canonical-format CIFAR-10 files written on the fly, and the real data."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar_deploy import _tf
+
+REPO = Path(__file__).resolve().parents[1]
+CLASS_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
+               b"dog", b"frog", b"horse", b"ship", b"truck"]  # fmt: skip
+
+
+def to_rows(images: np.ndarray) -> np.ndarray:
+    """NHWC uint8 -> the canonical (N, 3072) rows of R, G, B planes."""
+    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+
+
+def write_batch(path: Path, images: np.ndarray, labels, **extra) -> Path:
+    payload = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
+               b"data": to_rows(images), b"filenames": [b"x.png"] * len(labels), **extra}
+    with open(path, "wb") as fh:
+        pickle.dump(payload, fh, protocol=2)
+    return path
+
+
+def synthetic_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Images a tiny model can learn: each class has its own colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 225, size=(10, 3))
+    base = palette[labels][:, None, None, :].astype(np.int16)
+    noise = rng.integers(-25, 26, size=(len(labels), 32, 32, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar_dir(root: Path, train_batches=(1, 2), per_batch=60, test=60, seed=0) -> Path:
+    """A canonical ``cifar-10-batches-py`` directory with the given training batches."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in train_batches:
+        labels = np.arange(per_batch) % 10
+        rng.shuffle(labels)
+        write_batch(d / f"data_batch_{i}", synthetic_images(labels, seed=i), labels)
+    labels = np.arange(test) % 10
+    write_batch(d / "test_batch", synthetic_images(labels, seed=99), labels)
+    with open(d / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": CLASS_NAMES, b"num_cases_per_batch": per_batch}, fh, protocol=2)
+    return d
+
+
+def write_cifar_tarball(root: Path, **kwargs) -> Path:
+    src = write_cifar_dir(root / "src", **kwargs)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    return archive
+
+
+@pytest.fixture
+def cifar_dir(tmp_path) -> Path:
+    """The parent of a synthetic ``cifar-10-batches-py`` with two training batches."""
+    write_cifar_dir(tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test sees the developer's CIFAR10_DIR or Keras cache unless it asks for them."""
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Make Keras' downloads fail as they do without network."""
+    keras = _tf.keras()
+    from keras.src.utils import file_utils
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: <urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+
+
+def _real_data_dir() -> Path | None:
+    """$CIFAR10_DIR as CI sets it (read at import, before tests isolate the environment), else
+    the shared copy beside the checkout."""
+    for candidate in (os.environ.get("CIFAR10_DIR"), REPO.parent / "shared" / "cifar10"):
+        if candidate and (Path(candidate) / "cifar-10-batches-py" / "test_batch").exists():
+            return Path(candidate)
+    return None
+
+
+REAL_DATA_DIR = _real_data_dir()
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    if REAL_DATA_DIR is None:
+        pytest.skip("real CIFAR-10 not found: set CIFAR10_DIR (see ../shared/README.md)")
+    return REAL_DATA_DIR
