@@ -279,15 +279,15 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
         )
     if TEST_BATCH not in names:
         raise DataFormatError(f"{reader.label('')}: {TEST_BATCH} is missing")
-    if len(present) < len(TRAIN_BATCHES):
-        log.warning(
-            "only %d of 5 CIFAR-10 training batches found (%s); training on %d images",
-            len(present), ", ".join(present), len(present) * 10_000,
-        )  # fmt: skip
     parts = [
         parse_batch(safe_unpickle(reader.read(b), reader.label(b)), reader.label(b))
         for b in present
     ]
+    if len(present) < len(TRAIN_BATCHES):
+        log.warning(
+            "only %d of 5 CIFAR-10 training batches found (%s); training on %d images",
+            len(present), ", ".join(present), sum(len(p[1]) for p in parts),
+        )  # fmt: skip
     x_test, y_test = parse_batch(
         safe_unpickle(reader.read(TEST_BATCH), reader.label(TEST_BATCH)), reader.label(TEST_BATCH)
     )

@@ -42,6 +42,7 @@ class TrainConfig:
     strategy: str = "none"  # "none" or "mirrored"
     model_kwargs: dict = field(default_factory=dict)  # extra builder arguments (tests, ablations)
     verbose: int | str = "auto"  # Keras fit verbosity: 0 silent, 1 bar, 2 line per epoch
+    callbacks: list = field(default_factory=list)  # extra Keras callbacks (progress, tests)
 
 
 @dataclass
@@ -172,6 +173,13 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
         raise InvalidOptionError(
             f"--max-train-samples must be at least 2, received {config.max_train_samples}"
         )
+    build_kwargs = {"weight_decay": recipe.weight_decay, **config.model_kwargs}
+    if spec.accepts_weights and config.weights is not None:
+        build_kwargs["weights"] = config.weights
+    elif config.weights is not None:
+        raise InvalidOptionError(
+            f"--weights applies to pretrained models only; {spec.name} trains from scratch"
+        )
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     keras.utils.set_random_seed(config.seed)
@@ -185,13 +193,6 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     history = run_dir / "history.csv"
     history.unlink(missing_ok=True)
 
-    build_kwargs = {"weight_decay": recipe.weight_decay, **config.model_kwargs}
-    if spec.accepts_weights and config.weights is not None:
-        build_kwargs["weights"] = config.weights
-    elif config.weights is not None:
-        raise InvalidOptionError(
-            f"--weights applies to pretrained models only; {spec.name} trains from scratch"
-        )
 
     policy = resolve_precision(recipe.mixed_precision)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -260,7 +261,7 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
                     metrics=["accuracy"],
                     jit_compile="auto" if has_gpu else False,  # XLA halves CPU speed here
                 )
-            callbacks = [_callbacks(model, twin, run_dir, phase.name, state)]
+            callbacks = [_callbacks(model, twin, run_dir, phase.name, state), *config.callbacks]
             if recipe.early_stopping_patience:
                 callbacks.append(
                     keras.callbacks.EarlyStopping(
@@ -271,6 +272,7 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
             model.fit(
                 train_ds, validation_data=val_ds, initial_epoch=epoch,
                 epochs=epoch + phase.epochs, callbacks=callbacks, verbose=config.verbose,
+                shuffle=False,  # the dataset shuffles itself, seeded
             )  # fmt: skip
             epoch = state["epochs_run"]
     except KeyboardInterrupt:

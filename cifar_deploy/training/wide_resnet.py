@@ -13,6 +13,8 @@ from .layers import kernel_regularizer, probabilities, raw_pixel_input, standard
 from .recipes import Phase, Recipe
 from .registry import ModelSpec, register_model, register_pattern
 
+BN_MOMENTUM = 0.9  # the reference (PyTorch) implementation's 0.1 in Keras' convention
+
 
 def blocks_per_group(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
@@ -25,7 +27,7 @@ def blocks_per_group(depth: int) -> int:
 def _block(x, filters: int, stride: int, dropout: float, reg, prefix: str):
     keras = _tf.keras()
     layers = keras.layers
-    pre = layers.BatchNormalization(name=f"{prefix}_bn1")(x)
+    pre = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn1")(x)
     pre = layers.ReLU(name=f"{prefix}_relu1")(pre)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
@@ -34,7 +36,7 @@ def _block(x, filters: int, stride: int, dropout: float, reg, prefix: str):
         shortcut = x
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
                       kernel_regularizer=reg, name=f"{prefix}_conv1")(pre)  # fmt: skip
-    y = layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn2")(y)
     y = layers.ReLU(name=f"{prefix}_relu2")(y)
     if dropout:
         y = layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
@@ -65,7 +67,7 @@ def build_wide_resnet(
         for b in range(1, n + 1):
             stride = 2 if (g > 1 and b == 1) else 1
             x = _block(x, filters, stride, dropout, reg, f"{name}_group{g}_block{b}")
-    x = keras.layers.BatchNormalization(name=f"{name}_final_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_final_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_final_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name=f"{name}_gap")(x)
     return keras.Model(inputs, probabilities(x, num_classes, name), name=name)

@@ -1,0 +1,99 @@
+"""Specification of the command line, driven through typer's CliRunner (error paths included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cifar_deploy.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "train" in result.stdout and "models" in result.stdout
+
+
+def test_train_help_explains_the_options():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for option in ("--quick", "--epochs", "--data-dir", "--strategy", "--mixed-precision",
+                   "--max-train-samples", "--val-split", "--seed", "--weights", "--runs-dir"):  # fmt: skip
+        assert option in result.stdout
+
+
+@pytest.mark.slow
+def test_models_json_lists_the_registry_with_parameter_counts():
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"cnn", "mobilenetv2", "wrn-28-10"}
+    assert 1.5e6 <= rows["cnn"]["parameters"] <= 2.5e6
+    assert 36.3e6 <= rows["wrn-28-10"]["parameters"] <= 36.7e6
+    assert rows["cnn"]["quick_preset"] is True
+    assert "MixUp 0.2" in rows["wrn-28-10"]["recipe"]
+
+
+def test_unknown_model_exits_2_with_the_closest_name(cifar_dir):
+    result = invoke("train", "cnm", "--data-dir", cifar_dir)
+    assert_one_line_error(result, 2, "unknown model 'cnm'", "did you mean 'cnn'?")
+
+
+def test_quick_for_a_model_without_a_preset_exits_2():
+    result = invoke("train", "wrn-28-10", "--quick")
+    assert_one_line_error(result, 2, "--quick is a preset for cnn")
+
+
+def test_bad_wide_resnet_depth_exits_2():
+    result = invoke("train", "wrn-27-10")
+    assert_one_line_error(result, 2, "6n + 4", "received 27")
+
+
+def test_weights_for_a_model_trained_from_scratch_exits_2():
+    result = invoke("train", "cnn", "--weights", "imagenet")
+    assert_one_line_error(result, 2, "--weights applies to pretrained models only")
+
+
+def test_invalid_values_exit_2(cifar_dir):
+    result = invoke("train", "cnn", "--val-split", "1.5", "--data-dir", cifar_dir)
+    assert_one_line_error(result, 2, "validation split", "1.5")
+    result = invoke("train", "cnn", "--strategy", "parameter-server")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_offline_without_data_exits_2_naming_the_three_ways(offline):
+    result = invoke("train", "cnn", "--epochs", "1")
+    assert_one_line_error(result, 2, "--data-dir", "CIFAR10_DIR", "Keras cache")
+
+
+def test_data_dir_without_data_exits_2(tmp_path):
+    result = invoke("train", "cnn", "--data-dir", tmp_path)
+    assert_one_line_error(result, 2, "holds no CIFAR-10 data")
+
+
+def test_train_json_prints_the_run_record(tmp_path, cifar_dir):
+    result = invoke("train", "cnn", "--data-dir", cifar_dir, "--runs-dir", tmp_path / "runs",
+                    "--epochs", 1, "--warmup-epochs", 0, "--batch-size", 16,
+                    "--max-train-samples", 40, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["status"] == "completed" and info["data"]["train_images"] == 36
+    assert (tmp_path / "runs" / "cnn" / "best.keras").exists()
+    assert 0.0 <= info["test_accuracy"] <= 1.0

@@ -1,0 +1,126 @@
+"""Specification of the model registry and the three model families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cifar_deploy import _tf
+from cifar_deploy.errors import InvalidOptionError, UnknownNameError, WeightsUnavailableError
+from cifar_deploy.training import create_model, get_model_spec, list_models
+from cifar_deploy.training.layers import CIFAR_MEAN, CIFAR_STD
+from cifar_deploy.training.mobilenetv2 import BACKBONE_NAME, build_mobilenetv2, set_trainable
+from cifar_deploy.training.wide_resnet import blocks_per_group
+
+# Small builder arguments so every family runs in a second on 2 cores.
+TINY = {
+    "cnn": {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16},
+    "mobilenetv2": {"weights": "none", "input_size": 32, "alpha": 0.35},
+    "wrn-28-10": {"depth": 10, "width": 1},
+}
+
+
+def test_registry_lists_the_three_seed_models():
+    assert list_models() == ["cnn", "mobilenetv2", "wrn-28-10"]
+
+
+def test_unknown_model_names_the_valid_ones_and_the_closest():
+    with pytest.raises(UnknownNameError, match="unknown model 'cnnn'; expected one of: cnn") as e:
+        get_model_spec("cnnn")
+    assert e.value.hint == "did you mean 'cnn'?"
+
+
+def test_wide_resnet_names_resolve_by_pattern_and_validate_depth():
+    assert get_model_spec("wrn-16-4").builder_kwargs == (("depth", 16), ("width", 4))
+    with pytest.raises(InvalidOptionError, match="6n \\+ 4.*received 27"):
+        get_model_spec("wrn-27-10")
+    assert blocks_per_group(28) == 4
+
+
+@pytest.mark.parametrize(
+    "name, low, high",
+    [("cnn", 1.5e6, 2.5e6), ("wrn-28-10", 36.3e6, 36.7e6)],
+)
+def test_parameter_counts_match_the_reference_models(name, low, high):
+    assert low <= create_model(name).count_params() <= high
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_forward_pass_on_raw_pixels_gives_probabilities(name):
+    model = create_model(name, **TINY[name])
+    assert model.input_shape == (None, 32, 32, 3) and model.inputs[0].name == "images"
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype("float32")
+    p = np.asarray(model(x, training=False))
+    assert p.shape == (3, 10) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (p >= 0).all()
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_every_layer_is_named_after_its_model(name):
+    model = create_model(name, **TINY[name])
+    prefix = model.name
+    named = [layer.name for layer in model.layers[1:]]
+    assert all(n.startswith(prefix) for n in named), named
+
+
+def test_standardization_lives_in_the_graph():
+    keras = _tf.keras()
+    model = create_model("cnn", **TINY["cnn"])
+    standardize = keras.Model(model.input, model.get_layer("cnn_standardize").output)
+    mean_image = np.broadcast_to(np.array(CIFAR_MEAN, np.float32), (1, 32, 32, 3))
+    np.testing.assert_allclose(np.asarray(standardize(mean_image)), 0.0, atol=1e-4)
+    one_std_up = mean_image + np.array(CIFAR_STD, np.float32)
+    np.testing.assert_allclose(np.asarray(standardize(one_std_up)), 1.0, atol=1e-4)
+
+
+def test_mobilenetv2_scales_to_minus_one_one_inside_the_model():
+    keras = _tf.keras()
+    model = build_mobilenetv2(**TINY["mobilenetv2"])
+    scaled = keras.Model(model.input, model.get_layer("mobilenetv2_scale").output)
+    out = np.asarray(scaled(np.stack([np.zeros((32, 32, 3)), np.full((32, 32, 3), 255.0)])))
+    np.testing.assert_allclose(out[0], -1.0, atol=1e-6)
+    np.testing.assert_allclose(out[1], 1.0, atol=1e-6)
+
+
+def test_mobilenetv2_default_resizes_to_224():
+    model = build_mobilenetv2(weights="none", alpha=0.35)
+    assert model.get_layer("mobilenetv2_resize").output.shape[1:3] == (224, 224)
+
+
+def test_mobilenetv2_loads_a_local_weights_file(tmp_path):
+    source = build_mobilenetv2(**TINY["mobilenetv2"])
+    path = tmp_path / "backbone.weights.h5"
+    source.get_layer(BACKBONE_NAME).save_weights(path)
+    loaded = build_mobilenetv2(**{**TINY["mobilenetv2"], "weights": str(path)})
+    for a, b in zip(source.get_layer(BACKBONE_NAME).get_weights(),
+                    loaded.get_layer(BACKBONE_NAME).get_weights()):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mobilenetv2_imagenet_offline_fails_clearly(offline):
+    with pytest.raises(WeightsUnavailableError, match="could not download") as e:
+        build_mobilenetv2(weights="imagenet", input_size=96, alpha=0.35)
+    assert "--weights none" in e.value.hint
+
+
+def test_mobilenetv2_rejects_a_weights_value_that_is_no_file():
+    with pytest.raises(InvalidOptionError, match="neither a file nor a known value"):
+        build_mobilenetv2(weights="/nonexistent/w.h5")
+
+
+def test_finetune_unfreezes_the_last_half_but_never_batch_norm():
+    keras = _tf.keras()
+    model = build_mobilenetv2(**TINY["mobilenetv2"])
+    backbone = model.get_layer(BACKBONE_NAME)
+    set_trainable(model, "head")
+    assert not any(w.trainable for w in backbone.weights)
+    set_trainable(model, "finetune", 0.5)
+    layers = backbone.layers
+    half = len(layers) // 2
+    assert not any(layer.trainable for layer in layers[: half - 1])
+    late = [layer for layer in layers[half + 1 :] if layer.weights]
+    bn = [layer for layer in late if isinstance(layer, keras.layers.BatchNormalization)]
+    conv = [layer for layer in late if not isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)
+    assert conv and all(layer.trainable for layer in conv)

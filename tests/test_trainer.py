@@ -1,0 +1,123 @@
+"""Specification of training runs: run files, checkpoints, interruption, distribution."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import write_cifar_dir
+
+from cifar_deploy import _tf
+from cifar_deploy.data import load_cifar10
+from cifar_deploy.errors import TrainingInterrupted
+from cifar_deploy.training import resolve_recipe
+from cifar_deploy.training.trainer import TrainConfig, train
+
+TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
+
+
+def tiny_config(tmp_path, data_dir, **kw):
+    recipe = resolve_recipe("cnn", epochs=kw.pop("epochs", 1), warmup_epochs=0, batch_size=32,
+                            mixed_precision=kw.pop("mixed_precision", "off"))  # fmt: skip
+    return TrainConfig(model="cnn", recipe=recipe, data_dir=str(data_dir),
+                       runs_dir=str(tmp_path / "runs"), model_kwargs=TINY_CNN, verbose=0, **kw)  # fmt: skip
+
+
+def test_one_epoch_writes_every_run_file(tmp_path, cifar_dir):
+    result = train(tiny_config(tmp_path, cifar_dir))
+    run = tmp_path / "runs" / "cnn"
+    assert {p.name for p in run.iterdir()} == {"best.keras", "last.keras", "history.csv", "run.json"}
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1" and rows[0]["phase"] == "train"
+    assert {"lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(rows[0])
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["epochs_run"] == 1
+    assert info["data"] == {"source": info["data"]["source"], "train_batches": ["data_batch_1", "data_batch_2"],
+                            "train_images": 108, "val_images": 12, "test_images": 60}  # fmt: skip
+    assert info["recipe"]["batch_size"] == 32 and info["seed"] == 42
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(info["versions"])
+    assert info["wall_seconds"] > 0
+    # The recorded test accuracy is the best checkpoint's accuracy on the test split.
+    keras = _tf.keras()
+    best = keras.models.load_model(run / "best.keras", safe_mode=True)
+    data = load_cifar10(cifar_dir, download=False)
+    acc = np.mean(np.argmax(best.predict(data.x_test.astype("float32"), verbose=0), 1) == data.y_test)
+    assert info["test_accuracy"] == pytest.approx(acc) == pytest.approx(result.test_accuracy)
+
+
+@pytest.mark.slow
+def test_training_learns_the_synthetic_classes(tmp_path):
+    # 800 images: enough steps for batch-norm moving statistics to settle before evaluation.
+    data_dir = write_cifar_dir(tmp_path / "data", per_batch=400, test=100).parent
+    result = train(tiny_config(tmp_path, data_dir, epochs=6))
+    assert result.test_accuracy >= 0.5  # chance is 0.1; colours separate the classes
+
+
+def test_mixed_precision_checkpoints_are_float32(tmp_path, cifar_dir):
+    train(tiny_config(tmp_path, cifar_dir, mixed_precision="bf16"))
+    keras = _tf.keras()
+    info = json.loads((tmp_path / "runs" / "cnn" / "run.json").read_text())
+    assert info["precision_policy"] == "mixed_bfloat16"
+    best = keras.models.load_model(tmp_path / "runs" / "cnn" / "best.keras")
+    assert {layer.dtype_policy.name for layer in best.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+
+
+def test_ctrl_c_leaves_a_loadable_last_checkpoint(tmp_path, cifar_dir):
+    keras = _tf.keras()
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path, cifar_dir, epochs=5, callbacks=[CtrlC()])
+    with pytest.raises(TrainingInterrupted, match="interrupted after 2 epochs"):
+        train(config)
+    run = tmp_path / "runs" / "cnn"
+    model = keras.models.load_model(run / "last.keras")
+    assert model.output_shape == (None, 10)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_run"] == 2
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar_dir):
+    # Logical devices must be configured before TensorFlow starts, so this runs in a subprocess.
+    script = textwrap.dedent(f"""
+        import json, sys
+        from cifar_deploy import _tf
+        tf = _tf.tf()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_trainer import tiny_config
+        from cifar_deploy.training.trainer import train
+        from pathlib import Path
+        r = train(tiny_config(Path({str(tmp_path)!r}), {str(cifar_dir)!r}, strategy="mirrored"))
+        print(json.dumps({{"replicas": r.info["replicas"], "acc": r.test_accuracy}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2 and 0.0 <= out["acc"] <= 1.0
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_cnn_beats_chance_clearly_on_real_cifar10(tmp_path, real_data_dir):
+    recipe = resolve_recipe("cnn", quick=True, epochs=3, warmup_epochs=1)
+    config = TrainConfig(model="cnn", recipe=recipe, data_dir=str(real_data_dir),
+                         runs_dir=str(tmp_path / "runs"), max_train_samples=3000, verbose=0)  # fmt: skip
+    result = train(config)
+    assert result.info["data"]["test_images"] == 10_000
+    assert result.test_accuracy >= 0.25  # chance is 0.10
