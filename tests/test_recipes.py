@@ -40,6 +40,12 @@ def test_overrides_apply_to_the_main_phase_and_none_keeps_defaults():
     assert r.batch_size == 64 and r.label_smoothing == 0.2
 
 
+def test_a_short_run_shrinks_the_warmup_to_a_quarter_of_its_epochs():
+    assert resolve_recipe("cnn", epochs=2).phases[0].warmup_epochs == 0.5
+    assert resolve_recipe("cnn", epochs=100).phases[0].warmup_epochs == 5
+    assert resolve_recipe("cnn", epochs=2, warmup_epochs=1).phases[0].warmup_epochs == 1
+
+
 def test_quick_preset_exists_only_for_the_cnn():
     assert resolve_recipe("cnn", quick=True).epochs < 30
     with pytest.raises(InvalidOptionError, match="--quick is a preset for cnn; received model 'wrn-28-10'"):

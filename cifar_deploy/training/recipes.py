@@ -58,11 +58,15 @@ class Recipe:
 
     def with_overrides(self, **overrides) -> Recipe:
         """A copy with overrides; ``epochs``, ``lr``, ``warmup_epochs`` and ``final_lr`` apply to
-        the main (last) phase, anything else to the recipe. ``None`` values are ignored."""
+        the main (last) phase, anything else to the recipe. ``None`` values are ignored. Fewer
+        epochs than the warmup needs shrink the warmup to a quarter of the epochs."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
         phase_keys = {"epochs", "lr", "warmup_epochs", "final_lr", "optimizer", "momentum"}
         phase_over = {k: overrides.pop(k) for k in list(overrides) if k in phase_keys}
         phases = self.phases
+        if "epochs" in phase_over and "warmup_epochs" not in phase_over:
+            # A shorter run keeps the recipe's warmup, but never more than a quarter of it.
+            phase_over["warmup_epochs"] = min(phases[-1].warmup_epochs, phase_over["epochs"] / 4)
         if phase_over:
             phases = phases[:-1] + (dataclasses.replace(phases[-1], **phase_over),)
         recipe = dataclasses.replace(self, phases=phases, **overrides)
