@@ -31,11 +31,11 @@ def _quiet_env() -> None:
 
 
 @contextlib.contextmanager
-def _silenced_stderr():
+def quiet_native():
     """Send file descriptor 2 to a temporary file; replay it if the block raises.
 
-    TensorFlow's C++ runtime writes its start-up lines straight to fd 2 before any log level can
-    apply, so redirecting Python's ``sys.stderr`` is not enough.
+    TensorFlow's C++ runtime (start-up, the TFLite converter, LiteRT's delegate notice) writes
+    straight to fd 2 where no log level applies, so redirecting ``sys.stderr`` is not enough.
     """
     if _VERBOSE:
         yield
@@ -61,7 +61,7 @@ def tf():
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     _quiet_env()
-    with _silenced_stderr():
+    with quiet_native():
         import tensorflow
 
         tensorflow.config.list_physical_devices()

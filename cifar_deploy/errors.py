@@ -67,3 +67,17 @@ def unknown_name(kind: str, received: str, valid: Iterable[str]) -> UnknownNameE
     return UnknownNameError(
         f"unknown {kind} {received!r}; expected one of: {', '.join(valid)}", hint=hint
     )
+
+
+class InvalidModelError(CifarDeployError):
+    """A model file that is missing, empty, truncated, not a Keras model, or unsafe to load."""
+
+
+class ExportError(CifarDeployError):
+    """A converter failed; the message names the format. No partial artifact is left behind."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ArtifactExistsError(CifarDeployError):
+    """The target artifact exists and --force was not given."""

@@ -18,12 +18,16 @@ def raw_pixel_input(name: str = INPUT_NAME):
 
 
 def standardize(x, prefix: str):
-    """Per-channel standardization with CIFAR-10 statistics, inside the graph."""
+    """Per-channel standardization with CIFAR-10 statistics, inside the graph.
+
+    A ``Rescaling`` with per-channel scale and offset, (x - mean) / std = x / std - mean / std:
+    its constants are built inside the traced graph, whereas ``keras.layers.Normalization``
+    captures eager tensors that tf2onnx turns into extra, unfed graph inputs.
+    """
     keras = _tf.keras()
-    variance = [s * s for s in CIFAR_STD]
-    return keras.layers.Normalization(
-        axis=-1, mean=list(CIFAR_MEAN), variance=variance, name=f"{prefix}_standardize"
-    )(x)
+    scale = [1.0 / s for s in CIFAR_STD]
+    offset = [-m / s for m, s in zip(CIFAR_MEAN, CIFAR_STD)]
+    return keras.layers.Rescaling(scale=scale, offset=offset, name=f"{prefix}_standardize")(x)
 
 
 def kernel_regularizer(weight_decay: float):

@@ -1,0 +1,156 @@
+"""ONNX through tf2onnx's ``from_function`` (a ``tf.function`` with an explicit input signature;
+``from_keras`` is unreliable on Keras 3 models, tensorflow-onnx #2448), opset 18 by default.
+
+Input ``images`` (float32, dynamic batch), output ``probabilities``; labels and the preprocessing
+contract go into ``metadata_props``; every model passes ``onnx.checker``. ``int8`` is static QDQ
+quantization with ``onnxruntime.quantization`` on the training-split calibration sample;
+``float16`` uses onnxruntime's float16 converter with float32 inputs and outputs kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data import CLASS_NAMES
+from .base import ExportFormat, ExportOptions, Produced, float_input, prob_output, register_format
+from .calibration import calibration_sample
+from .metadata import INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from .source import ExportSource
+
+MIN_OPSET, MAX_OPSET = 13, 18  # what tf2onnx 1.16+ converts to
+
+
+def _rename_tensor(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in list(graph.input) + list(graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def topological_sort(graph) -> None:
+    """Reorder ``graph.node`` so every node follows its producers (ONNX requires it; the float16
+    converter appends its input casts at the end)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or an input no node produces")
+        for node in ready:
+            available.update(node.output)
+            ordered.append(node)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def convert_float(source: ExportSource, opset: int):
+    """The float32 ONNX model with the contract's tensor names."""
+    import tf2onnx
+
+    fn = source.serving_function()
+    model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
+    graph = model.graph
+    _rename_tensor(graph, graph.input[0].name, INPUT_NAME)
+    _rename_tensor(graph, graph.output[0].name, OUTPUT_NAME)
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"  # dynamic batch, named
+    return model
+
+
+def _set_metadata(model, source: ExportSource, quantization: str) -> None:
+    props = {
+        "model_name": source.model_name,
+        "quantization": quantization,
+        "class_names": json.dumps(list(CLASS_NAMES)),
+        "preprocessing": PREPROCESSING,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "source_sha256": source.record.sha256,
+    }
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "cifar-deploy"
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over uint8 images fed as float32."""
+
+    def __init__(self, images: np.ndarray, batch: int = 32):
+        self._batches = iter(
+            [{INPUT_NAME: images[i : i + batch].astype(np.float32)}
+             for i in range(0, len(images), batch)]  # fmt: skip
+        )
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _quantize_int8(float_path: Path, out_path: Path, options: ExportOptions) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images, record = calibration_sample(options)
+    prepared = float_path.with_name("prepared.onnx")
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared), str(out_path), _CalibrationReader(images),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True,
+    )  # fmt: skip
+    return record
+
+
+def export_onnx(
+    source: ExportSource, staging: Path, options: ExportOptions, quantization: str
+) -> Produced:
+    import onnx
+
+    from ..errors import InvalidOptionError
+
+    if not MIN_OPSET <= options.opset <= MAX_OPSET:
+        raise InvalidOptionError(
+            f"--opset {options.opset} is not supported; expected {MIN_OPSET}..{MAX_OPSET}"
+        )
+    model = convert_float(source, options.opset)
+    path = staging / f"{source.model_name}.onnx"
+    calibration = None
+    if quantization == "float16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True)
+        topological_sort(model.graph)
+    if quantization == "int8":
+        float_path = staging / "float32.onnx"
+        onnx.save(model, float_path)
+        calibration = _quantize_int8(float_path, path, options)
+        model = onnx.load(path)
+    _set_metadata(model, source, quantization)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return Produced(
+        path=path,
+        input=float_input(),
+        output=prob_output(),
+        calibration=calibration,
+        extra={"opset": options.opset},
+    )
+
+
+register_format(
+    ExportFormat(
+        name="onnx",
+        quantizations=("none", "float16", "int8"),
+        default_quantization="none",
+        target=lambda model, q: f"{model}_{'float32' if q == 'none' else q}.onnx",
+        fn=export_onnx,
+        description="ONNX (tf2onnx from_function), dynamic batch; int8 = static QDQ",
+    )
+)

@@ -1,0 +1,129 @@
+"""The export source: a trained ``.keras`` file, loaded safely, plus what is derived from it.
+
+Finding the newest ``runs/*/best.keras``, validating a model path, loading it with
+``safe_mode=True`` (a model file carrying arbitrary code is refused), and lazily producing the
+SavedModel that the TFLite converter starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import zipfile
+from functools import cached_property
+from pathlib import Path
+
+from .. import _tf
+from ..errors import InvalidModelError
+from .metadata import INPUT_NAME, OUTPUT_NAME, FileRecord, file_record
+
+log = logging.getLogger(__name__)
+
+
+def find_latest_checkpoint(runs_dir: Path = Path("runs")) -> Path:
+    """The newest ``runs/*/best.keras``."""
+    candidates = sorted(Path(runs_dir).glob("*/best.keras"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise InvalidModelError(
+            f"no trained model found in {runs_dir}/*/best.keras",
+            hint="train first (cifar-deploy train cnn --quick) or pass --model PATH",
+        )
+    return candidates[-1]
+
+
+def validate_model_file(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidModelError(f"{path}: no such file; expected a .keras model")
+    if path.is_dir() or path.stat().st_size == 0:
+        kind = "a directory" if path.is_dir() else "empty"
+        raise InvalidModelError(f"{path}: is {kind}; expected a .keras model file")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise InvalidModelError(
+            f"{path}: not a Keras 3 model file (truncated, or another format); "
+            "expected a .keras archive as written by cifar-deploy train"
+        )
+    return path
+
+
+def load_keras_model(path: Path):
+    """Load a ``.keras`` file with ``safe_mode=True``; every failure is one InvalidModelError."""
+    keras = _tf.keras()
+    path = validate_model_file(path)
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # zip, h5, config and safe-mode errors all mean "cannot use this"
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InvalidModelError(f"{path}: cannot be loaded as a Keras model ({reason})") from None
+
+
+class ExportSource:
+    """One trained model and the derived forms that exporters share."""
+
+    def __init__(self, path: Path):
+        self.path = validate_model_file(Path(path))
+        self._tmp: Path | None = None
+
+    @cached_property
+    def model(self):
+        model = load_keras_model(self.path)
+        if tuple(model.input_shape[1:]) != (32, 32, 3) or model.output_shape[-1:] != (10,):
+            raise InvalidModelError(
+                f"{self.path}: expected a model from (N, 32, 32, 3) images to 10 probabilities, "
+                f"received {model.input_shape} -> {model.output_shape}"
+            )
+        return model
+
+    @cached_property
+    def model_name(self) -> str:
+        """The registry name from the run's ``run.json`` when present, else the Keras name."""
+        run_json = self.path.parent / "run.json"
+        if run_json.exists():
+            try:
+                return str(json.loads(run_json.read_text())["model"])
+            except (ValueError, KeyError):
+                pass
+        return self.model.name
+
+    @cached_property
+    def record(self) -> FileRecord:
+        return file_record(self.path)
+
+    def serving_function(self):
+        """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``."""
+        tf = _tf.tf()
+        model = self.model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, INPUT_NAME)])
+        def serve(images):
+            return {OUTPUT_NAME: model(images, training=False)}
+
+        return serve
+
+    def write_savedmodel(self, target: Path) -> Path:
+        """Write a SavedModel with a ``serving_default`` signature to ``target``."""
+        keras = _tf.keras()
+        archive = keras.export.ExportArchive()
+        archive.track(self.model)
+        archive.add_endpoint("serving_default", self.serving_function())
+        archive.write_out(str(target), verbose=False)
+        return target
+
+    @cached_property
+    def savedmodel_dir(self) -> Path:
+        """A scratch SavedModel for converters that start from one (TFLite)."""
+        self._tmp = Path(tempfile.mkdtemp(prefix="cifar_deploy_sm_"))
+        return self.write_savedmodel(self._tmp / "savedmodel")
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
