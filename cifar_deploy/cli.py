@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__, _tf, console
-from .errors import EXIT_INTERRUPTED, CifarDeployError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CifarDeployError
 
 app = typer.Typer(
     name="cifar-deploy",
@@ -152,6 +152,71 @@ def train_cmd(
               result.epochs_run, f"{result.wall_seconds:.0f} s", str(result.best_path))],
         )  # fmt: skip
     )
+
+
+class Format(str, Enum):
+    savedmodel = "savedmodel"
+    tflite = "tflite"
+    onnx = "onnx"
+    triton = "triton"
+    all = "all"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    float16 = "float16"
+    dynamic = "dynamic"
+    int8 = "int8"
+
+
+class IOType(str, Enum):
+    uint8 = "uint8"
+    int8 = "int8"
+    float32 = "float32"
+
+
+@app.command("export")
+@handles_errors
+def export_cmd(
+    format: Annotated[Format, typer.Option("--format", "-f", help="Artifact format; 'all' exports every format and quantization.")],
+    model: Annotated[Optional[Path], typer.Option(help="A .keras file (default: the newest runs/*/best.keras).")] = None,
+    quantize: Annotated[Optional[Quantize], typer.Option(help="none, float16, dynamic or int8 (TFLite default: int8; others: none).")] = None,
+    io_type: Annotated[IOType, typer.Option(help="TFLite int8: input dtype.")] = IOType.uint8,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: exports/<model>/).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10 for int8 calibration (training images only).")] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Calibration images, class-stratified.")] = 500,
+    seed: Annotated[int, typer.Option(help="Calibration sample seed.")] = 42,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    max_batch_size: Annotated[int, typer.Option(help="Triton: largest dynamic batch.")] = 64,
+    force: Annotated[bool, typer.Option(help="Overwrite existing artifacts.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Where to look for the newest best.keras.")] = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the artifact records as JSON.")] = False,
+):
+    """Export a trained model to SavedModel, TFLite, ONNX or a Triton repository, each with a
+    metadata sidecar. Right after training, `cifar-deploy export --format tflite` just works."""
+    from .export import ExportOptions, export_model, export_targets, find_latest_checkpoint
+
+    options = ExportOptions(
+        quantization=quantize.value if quantize else None, io_type=io_type.value,
+        calibration_samples=calibration_samples, seed=seed, opset=opset, force=force,
+        data_dir=str(data_dir) if data_dir else None, max_batch_size=max_batch_size,
+    )  # fmt: skip
+    targets = export_targets(format.value, options.quantization)  # bad combinations fail here
+    if model is None:
+        model = find_latest_checkpoint(runs_dir)
+        console.err.print(f"using {model} (newest in {runs_dir}/)")
+    with console.progress("exporting", total=len(targets)) as advance:
+        artifacts = export_model(
+            model, format.value, options, out,
+            on_start=lambda f, q: advance(description=f"{f.name} ({q})", step=0),
+            on_done=lambda a: advance(step=1),
+        )  # fmt: skip
+    if json_out:
+        console.print_json([a.to_dict() for a in artifacts])
+    else:
+        console.out.print(console.artifact_table(artifacts))
+    if any(a.status != "ok" for a in artifacts):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":  # pragma: no cover

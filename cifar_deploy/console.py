@@ -6,12 +6,14 @@ JSON for machines) and reports errors as one line plus an optional hint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 out = Console(soft_wrap=True)  # stdout: results
@@ -51,3 +53,39 @@ def setup_logging(verbose: bool) -> None:
     logger.handlers[:] = [_RichStderrHandler()]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def progress(title: str, total: int):
+    """A progress bar on stderr; yields ``advance(description=None, step=1)``."""
+    bar = Progress(
+        TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("", total=total)
+
+        def advance(description: str | None = None, step: int = 1) -> None:
+            bar.update(task, advance=step, **({"description": description} if description else {}))
+
+        yield advance
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def artifact_table(artifacts) -> Table:
+    rows = []
+    for a in artifacts:
+        status = "[green]ok[/]" if a.status == "ok" else f"[red]failed[/]: {a.error}"
+        rows.append((a.format, a.quantization, a.path.name if a.path else "-",
+                     human_size(a.size_bytes) if a.size_bytes else "-", f"{a.seconds:.1f}",
+                     status))  # fmt: skip
+    folders = sorted({str(a.path.parent) for a in artifacts if a.path})
+    title = f"Exports in {', '.join(folders)}" if folders else "Exports"
+    return table(title, ["format", "quantization", "file", "size", "seconds", "status"], rows)
