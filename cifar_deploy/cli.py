@@ -192,8 +192,11 @@ def export_cmd(
     runs_dir: Annotated[Path, typer.Option(help="Where to look for the newest best.keras.")] = Path("runs"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the artifact records as JSON.")] = False,
 ):
-    """Export a trained model to SavedModel, TFLite, ONNX or a Triton repository, each with a
-    metadata sidecar. Right after training, `cifar-deploy export --format tflite` just works."""
+    """Export a trained model to SavedModel, TFLite, ONNX or a Triton repository.
+
+    Each artifact gets a JSON metadata sidecar. Right after training,
+    `cifar-deploy export --format tflite` takes the newest runs/*/best.keras.
+    """
     from .export import ExportOptions, export_model, export_targets, find_latest_checkpoint
 
     options = ExportOptions(
@@ -217,6 +220,114 @@ def export_cmd(
         console.out.print(console.artifact_table(artifacts))
     if any(a.status != "ok" for a in artifacts):
         raise typer.Exit(EXIT_FAILURE)
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+@app.command("verify")
+@handles_errors
+def verify_cmd(
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts or export directories (default: exports/<model>/).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Keras model to compare against (default: the sidecars' source).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10 location (test split used).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Evaluate a stratified sample of N test images (default: all).")] = None,
+    device: Annotated[Device, typer.Option(help="cpu or gpu (never a silent CPU fallback).")] = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for LiteRT/ONNX Runtime (default: all cores).")] = None,
+    max_abs_diff: Annotated[Optional[float], typer.Option(help="Override: largest allowed |p - p_ref|.")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Override: least share of identical top-1 (0..1).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Override: most accuracy points lost.")] = None,
+    exports_dir: Annotated[Path, typer.Option(help="Where to look when no artifact is given.")] = Path("exports"),
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON to FILE ('-' for stdout).")] = None,
+    markdown_file: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown table to FILE.")] = None,
+):
+    """Check every exported artifact against its Keras model on the real test set.
+
+    Exit code 0 when every artifact passes its tolerance, 1 when any fails, 2 for bad input.
+    """
+    from .render import parity_markdown, parity_table
+    from .serving.parity import verify
+    from .serving.workspace import default_artifacts
+
+    paths = artifacts or default_artifacts(exports_dir)
+    overrides = {"max_abs_diff": max_abs_diff, "min_agreement": min_agreement,
+                 "max_accuracy_drop": max_accuracy_drop}  # fmt: skip
+    with console.progress("verifying", total=None) as advance:
+        rows = verify(paths, reference=reference, data_dir=str(data_dir) if data_dir else None,
+                      samples=samples, device=device.value, threads=threads, overrides=overrides,
+                      on_progress=lambda name: advance(description=name))  # fmt: skip
+    console.write_json_to(json_file, [r.to_dict() for r in rows])
+    if markdown_file:
+        markdown_file.write_text(parity_markdown(rows))
+    if str(json_file) != "-":
+        console.out.print(parity_table(rows))
+    if any(r.status in ("fail", "error") for r in rows):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+class BenchDevice(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    all = "all"
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(f"{what} must be comma-separated integers, received {text!r}")
+    return values
+
+
+@app.command("bench")
+@handles_errors
+def bench_cmd(
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts or export directories (default: exports/<model>/).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32,128",
+    threads: Annotated[Optional[str], typer.Option(help="Comma-separated CPU thread counts (default: all cores).")] = None,
+    device: Annotated[BenchDevice, typer.Option(help="cpu, gpu or all; GPU rows are 'skipped: no GPU' without one.")] = BenchDevice.cpu,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per cell.")] = 5,
+    min_time: Annotated[float, typer.Option(help="Seconds of timed runs per cell.")] = 1.0,
+    min_runs: Annotated[int, typer.Option(help="Timed runs per cell at least.")] = 10,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Keras model.predict and direct-call rows.")] = True,
+    reference: Annotated[Optional[Path], typer.Option(help="Keras model for the baseline (default: the sidecars' source).")] = None,
+    exports_dir: Annotated[Path, typer.Option(help="Where to look when no artifact is given.")] = Path("exports"),
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write rows and machine info as JSON to FILE ('-' for stdout).")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows as CSV to FILE.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of latency against batch size.")] = None,
+    accuracy: Annotated[Optional[Path], typer.Option(help="A verify --json file: adds an accuracy-against-size panel to --plot.")] = None,
+):
+    """Measure latency and throughput of every artifact, with Keras as the baseline."""
+    from .render import bench_csv, bench_table
+    from .serving.bench import BenchConfig, benchmark
+    from .serving.workspace import default_artifacts
+
+    config = BenchConfig(
+        batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+        threads=_int_list(threads, "--threads") if threads else (None,),
+        devices=("cpu", "gpu") if device == BenchDevice.all else (device.value,),
+        warmup=warmup, min_time=min_time, min_runs=min_runs, baseline=baseline,
+    )  # fmt: skip
+    config.validate()
+    paths = artifacts or default_artifacts(exports_dir)
+    with console.progress("benchmarking", total=None) as advance:
+        rows, machine = benchmark(paths, config, reference=reference,
+                                  on_progress=lambda name: advance(description=name))  # fmt: skip
+    console.write_json_to(json_file, {"machine": machine, "rows": [r.to_dict() for r in rows]})
+    if csv_file:
+        csv_file.write_text(bench_csv(rows))
+    if plot:
+        from .plots import plot_bench
+
+        plot_bench(rows, plot, accuracy_json=accuracy)
+    if str(json_file) != "-":
+        console.out.print(bench_table(rows, machine))
 
 
 if __name__ == "__main__":  # pragma: no cover

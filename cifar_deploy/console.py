@@ -16,14 +16,29 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console(soft_wrap=True)  # stdout: results
-err = Console(stderr=True, soft_wrap=True)  # stderr: progress, warnings, errors
+# Piped or redirected output gets 200 columns instead of rich's default 80, so wide tables
+# (bench, verify) stay one row per line in logs and files.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(soft_wrap=True, width=_WIDTH)  # stdout: results
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def print_json(data) -> None:
     """Machine output: JSON on stdout, nothing else on that stream."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def write_json_to(target, data) -> None:
+    """``--json FILE``: write JSON to FILE, or to stdout for '-'; nothing for None."""
+    if target is None:
+        return
+    if str(target) == "-":
+        print_json(data)
+    else:
+        from pathlib import Path
+
+        Path(target).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
@@ -56,11 +71,12 @@ def setup_logging(verbose: bool) -> None:
 
 
 @contextlib.contextmanager
-def progress(title: str, total: int):
+def progress(title: str, total: int | None):
     """A progress bar on stderr; yields ``advance(description=None, step=1)``."""
     bar = Progress(
         TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True,
+        disable=not err.is_terminal,  # no live display in logs and pipes
     )  # fmt: skip
     with bar:
         task = bar.add_task("", total=total)

@@ -81,3 +81,8 @@ class ExportError(CifarDeployError):
 
 class ArtifactExistsError(CifarDeployError):
     """The target artifact exists and --force was not given."""
+
+
+class DeviceUnavailableError(CifarDeployError):
+    """A GPU was asked for and is not there (or the runtime cannot use it): never a silent CPU
+    fallback."""

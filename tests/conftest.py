@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tarfile
@@ -107,3 +108,26 @@ def real_data_dir() -> Path:
     if REAL_DATA_DIR is None:
         pytest.skip("real CIFAR-10 not found: set CIFAR10_DIR (see ../shared/README.md)")
     return REAL_DATA_DIR
+
+
+# Calibration images for int8 exports in unit tests (random pixels; calibration only needs range).
+CALIBRATION = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+
+# Largest |probability - Keras probability| each artifact may show on a tiny random model.
+# float32: same math, different kernels; float16: 10-bit mantissas; dynamic/int8: 8-bit weights
+# (and activations), which on an untrained model move probabilities by a few hundredths.
+TOLERANCE = {"none": 1e-5, "float16": 2e-3, "dynamic": 0.05, "int8": 0.08}
+
+TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
+
+
+def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
+    """A tiny CNN saved as <directory>/<name>/best.keras with the run.json that names it."""
+    from cifar_deploy.training import create_model
+
+    run = directory / name
+    run.mkdir(parents=True, exist_ok=True)
+    model = model if model is not None else create_model("cnn", **TINY_CNN)
+    model.save(run / "best.keras")
+    (run / "run.json").write_text(json.dumps({"model": name}))
+    return run / "best.keras"

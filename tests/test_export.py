@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CALIBRATION, TOLERANCE, save_tiny_model
+
 from cifar_deploy import _tf
 from cifar_deploy.cli import app
 from cifar_deploy.errors import (
@@ -23,29 +25,10 @@ from cifar_deploy.errors import (
 from cifar_deploy.export import ExportOptions, export_formats, export_model, read_sidecar
 from cifar_deploy.export import base as export_base
 from cifar_deploy.export.metadata import sha256_of, sidecar_path
-from cifar_deploy.training import create_model
 
 runner = CliRunner()
 ALL_TARGETS = [(f.name, q) for f in export_formats() for q in f.quantizations]
-RNG = np.random.default_rng(0)
-CALIBRATION = RNG.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-PROBE = RNG.integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
-
-# Largest |probability - Keras probability| each artifact may show on a tiny random model.
-# float32: same math, different kernels; float16: 10-bit mantissas; dynamic/int8: 8-bit weights
-# (and activations), which on an untrained model move probabilities by a few hundredths.
-TOLERANCE = {"none": 1e-5, "float16": 2e-3, "dynamic": 0.05, "int8": 0.08}
-
-
-def save_tiny_model(directory: Path, name: str = "cnn") -> Path:
-    """A tiny CNN saved as runs/<name>/best.keras with the run.json that names it."""
-    run = directory / name
-    run.mkdir(parents=True, exist_ok=True)
-    model = create_model("cnn", blocks=((8, 1), (16, 1), (16, 1)), head_units=16)
-    model.save(run / "best.keras")
-    (run / "run.json").write_text(json.dumps({"model": name}))
-    return run / "best.keras"
-
+PROBE = np.random.default_rng(1).integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:

@@ -105,7 +105,7 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
 
 def export_formats() -> list[ExportFormat]:
     """The format table (as Ultralytics' ``export_formats()``): drives CLI choices and checks."""
-    from . import onnx_format, savedmodel, tflite, triton  # noqa: F401  (registration)
+    from . import savedmodel, tflite, onnx_format, triton  # noqa: F401,I001  (table order)
 
     return list(_FORMATS.values())
 

@@ -89,7 +89,7 @@ class ExportSource:
 
     @cached_property
     def record(self) -> FileRecord:
-        return file_record(self.path)
+        return file_record(self.path.resolve())  # absolute, so verify finds the reference
 
     def serving_function(self):
         """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``."""

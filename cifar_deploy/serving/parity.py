@@ -1,0 +1,211 @@
+"""Accuracy parity: does every exported artifact behave like its Keras model on real images?
+
+For each artifact and the reference, on the test split: top-1 accuracy, its difference from the
+reference, agreement (share of identical top-1 predictions), max and mean absolute probability
+difference, the worst per-class accuracy difference, and expected calibration error (15 bins).
+Tolerances come from one table keyed by quantization, each value overridable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_cifar10, stratified_indices
+from ..errors import CifarDeployError, InvalidModelError, InvalidOptionError
+from .runtimes import load_metadata, load_predictor
+
+ECE_BINS = 15
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What an artifact must meet; None means the check does not apply."""
+
+    max_abs_diff: float | None = None  # largest |p_artifact - p_reference| over all outputs
+    min_agreement: float | None = None  # share of test images with the same top-1 class
+    max_accuracy_drop: float | None = None  # accuracy points (0..100) below the reference
+
+
+# Keyed by quantization: float32 artifacts compute the same function; float16 keeps ~3 decimal
+# digits; 8-bit weights (and activations) are judged on accuracy only.
+TOLERANCES: dict[str, Tolerance] = {
+    "none": Tolerance(max_abs_diff=1e-4, min_agreement=0.999),
+    "float16": Tolerance(max_abs_diff=5e-3),
+    "dynamic": Tolerance(max_accuracy_drop=1.0),
+    "int8": Tolerance(max_accuracy_drop=1.0),
+}
+
+
+def tolerance_for(quantization: str, overrides: dict | None = None) -> Tolerance:
+    if quantization not in TOLERANCES:
+        raise InvalidOptionError(
+            f"no tolerance for quantization {quantization!r}; expected one of: "
+            f"{', '.join(TOLERANCES)}"
+        )
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return dataclasses.replace(TOLERANCES[quantization], **given)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.ndarray:
+    return np.array([(pred[labels == c] == c).mean() if (labels == c).any() else np.nan
+                     for c in range(classes)])  # fmt: skip
+
+
+@dataclass
+class ParityRow:
+    name: str  # artifact file name (or "reference")
+    path: str
+    format: str
+    quantization: str
+    runtime: str
+    status: str  # reference, pass, fail, error
+    accuracy: float | None = None  # 0..1
+    accuracy_diff: float | None = None  # points (0..100) relative to the reference
+    agreement: float | None = None  # 0..1
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    worst_class_diff: float | None = None  # points; the most negative per-class difference
+    ece: float | None = None
+    samples: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def compare(probs: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict:
+    """Every parity figure for one artifact's probabilities against the reference's."""
+    pred, ref_pred = probs.argmax(1), ref.argmax(1)
+    diff = np.abs(probs.astype(np.float64) - ref.astype(np.float64))
+    acc, ref_acc = float((pred == labels).mean()), float((ref_pred == labels).mean())
+    class_diff = per_class_accuracy(pred, labels) - per_class_accuracy(ref_pred, labels)
+    return {
+        "accuracy": acc,
+        "accuracy_diff": 100.0 * (acc - ref_acc),
+        "agreement": float((pred == ref_pred).mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "worst_class_diff": float(100.0 * np.nanmin(class_diff)),
+        "ece": expected_calibration_error(probs, labels),
+    }
+
+
+def judge(figures: dict, tolerance: Tolerance) -> list[str]:
+    """The reasons an artifact fails its tolerance (empty: it passes)."""
+    reasons = []
+    if tolerance.max_abs_diff is not None and figures["max_abs_diff"] > tolerance.max_abs_diff:
+        reasons.append(f"max abs diff {figures['max_abs_diff']:.2e} > {tolerance.max_abs_diff:g}")
+    if tolerance.min_agreement is not None and figures["agreement"] < tolerance.min_agreement:
+        reasons.append(f"agreement {figures['agreement']:.2%} < {tolerance.min_agreement:.2%}")
+    drop = -figures["accuracy_diff"]
+    if tolerance.max_accuracy_drop is not None and drop > tolerance.max_accuracy_drop:
+        reasons.append(f"accuracy drop {drop:.2f} points > {tolerance.max_accuracy_drop:g}")
+    return reasons
+
+
+def collect_artifacts(paths: Sequence[Path]) -> list[Path]:
+    """Expand directories (``exports/<model>/``) into the artifacts their sidecars describe."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path.parent / f"{path.name}.json").exists():
+            sidecars = sorted(path.glob("*.json"))
+            if not sidecars:
+                raise InvalidModelError(f"{path}: no exported artifacts (no *.json sidecars)")
+            found.extend(s.with_name(s.name[: -len(".json")]) for s in sidecars)
+        else:
+            found.append(path)
+    return found
+
+
+def verify(
+    artifacts: Sequence[Path],
+    reference: Path | None = None,
+    data_dir: str | None = None,
+    samples: int | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    overrides: dict | None = None,
+    seed: int = 42,
+    data=None,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[ParityRow]:
+    """Evaluate the reference and every artifact on the test split; one row each.
+
+    Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference) raise
+    before any evaluation; a runtime failure during evaluation becomes an ``error`` row.
+    """
+    paths = collect_artifacts(artifacts)
+    metas = {p: load_metadata(p) for p in paths}  # raises on missing files or hash mismatches
+    models = {m.model_name for m in metas.values() if m is not None}
+    if len(models) > 1:
+        raise InvalidOptionError(
+            f"artifacts of different models in one call: {', '.join(sorted(models))}; "
+            "expected one model's artifacts"
+        )
+    sources = {m.source.path for m in metas.values() if m is not None and m.source}
+    if reference is None:
+        if len(sources) != 1:
+            raise InvalidOptionError(
+                "cannot tell the reference model from the sidecars; pass --reference PATH"
+            )
+        reference = Path(sources.pop())
+    reference = Path(reference)
+    if reference.suffix != ".keras":
+        raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
+    ref_predictor = load_predictor(reference, device="cpu")
+    # Load every artifact before evaluating any: a corrupt one is bad input, not a failed row.
+    predictors = {p: load_predictor(p, device=device, threads=threads) for p in paths}
+
+    data = data if data is not None else load_cifar10(data_dir)
+    x, y = data.x_test, data.y_test
+    if samples is not None:
+        if samples < 10:
+            raise InvalidOptionError(f"--samples must be at least 10, received {samples}")
+        idx = stratified_indices(y, min(samples, len(y)), seed)
+        x, y = x[idx], y[idx]
+
+    if on_progress:
+        on_progress("reference")
+    ref = ref_predictor.predict(x)
+    ref_acc = float((ref.argmax(1) == y).mean())
+    rows = [ParityRow(name="reference", path=str(reference), format="keras", quantization="none",
+                      runtime=ref_predictor.provider, status="reference", accuracy=ref_acc,
+                      ece=expected_calibration_error(ref, y), samples=len(y))]  # fmt: skip
+    for path in paths:
+        meta = metas[path]
+        fmt = meta.format if meta else path.suffix.lstrip(".")
+        quantization = meta.quantization if meta else "none"
+        predictor = predictors[path]
+        row = ParityRow(name=path.name, path=str(path), format=fmt, quantization=quantization,
+                        runtime=predictor.provider, status="error", samples=len(y))  # fmt: skip
+        if on_progress:
+            on_progress(path.name)
+        try:
+            figures = compare(predictor.predict(x), ref, y)
+            for key, value in figures.items():
+                setattr(row, key, value)
+            row.reasons = judge(figures, tolerance_for(quantization, overrides))
+            row.status = "fail" if row.reasons else "pass"
+        except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
+            row.reasons = [exc.message if isinstance(exc, CifarDeployError) else
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"]
+        rows.append(row)
+    return rows

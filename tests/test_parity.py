@@ -1,0 +1,170 @@
+"""Specification of accuracy-parity verification (cifar_deploy.serving.parity, `verify`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import CALIBRATION, TINY_CNN, save_tiny_model
+from typer.testing import CliRunner
+
+from cifar_deploy import _tf
+from cifar_deploy.cli import app
+from cifar_deploy.errors import InvalidModelError, InvalidOptionError
+from cifar_deploy.export import ExportOptions, export_model
+from cifar_deploy.serving.parity import (
+    TOLERANCES,
+    Tolerance,
+    compare,
+    expected_calibration_error,
+    judge,
+    tolerance_for,
+    verify,
+)
+from cifar_deploy.training import create_model
+
+runner = CliRunner()
+
+
+def test_tolerance_table_matches_the_contract():
+    assert TOLERANCES["none"] == Tolerance(max_abs_diff=1e-4, min_agreement=0.999)
+    assert TOLERANCES["float16"].max_abs_diff == 5e-3
+    assert TOLERANCES["int8"].max_accuracy_drop == TOLERANCES["dynamic"].max_accuracy_drop == 1.0
+    assert tolerance_for("int8", {"max_accuracy_drop": 0.5, "max_abs_diff": None}) == Tolerance(
+        max_accuracy_drop=0.5
+    )
+    with pytest.raises(InvalidOptionError, match="no tolerance for quantization 'int4'"):
+        tolerance_for("int4")
+
+
+def test_ece_of_overconfident_predictions():
+    # Confidence 1.0 everywhere, half of them right: ECE = |0.5 - 1.0| = 0.5.
+    probs = np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]
+    assert expected_calibration_error(probs, np.array([0, 1, 5, 5])) == pytest.approx(0.5)
+    # Confidence 0.55 and accuracy 0.5 in one bin: 0.05.
+    probs = np.full((2, 10), 0.05, np.float32)
+    probs[:, 0] = 0.55
+    assert expected_calibration_error(probs, np.array([0, 1])) == pytest.approx(0.05)
+
+
+def test_compare_figures():
+    labels = np.array([0, 1, 2, 3])
+    ref = np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]
+    probs = ref.copy()
+    probs[3] = np.eye(10, dtype=np.float32)[4]  # one prediction changes, from right to wrong
+    f = compare(probs, ref, labels)
+    assert f["accuracy"] == 0.75 and f["accuracy_diff"] == pytest.approx(-25.0)
+    assert f["agreement"] == 0.75 and f["max_abs_diff"] == 1.0
+    assert f["mean_abs_diff"] == pytest.approx(2 / 40)
+    assert f["worst_class_diff"] == pytest.approx(-100.0)  # class 3 went from 1/1 to 0/1
+    assert compare(ref, ref, labels)["max_abs_diff"] == 0.0
+
+
+def test_judge_names_every_broken_tolerance():
+    figures = {"max_abs_diff": 0.2, "agreement": 0.9, "accuracy_diff": -3.0}
+    assert judge(figures, TOLERANCES["none"]) == ["max abs diff 2.00e-01 > 0.0001",
+                                                  "agreement 90.00% < 99.90%"]  # fmt: skip
+    assert judge(figures, TOLERANCES["int8"]) == ["accuracy drop 3.00 points > 1"]
+    assert judge({"max_abs_diff": 0.0, "agreement": 1.0, "accuracy_diff": 0.0},
+                 TOLERANCES["none"]) == []  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny model, its float exports, and a damaged twin exported with the same name."""
+    keras = _tf.keras()
+    root = tmp_path_factory.mktemp("parity")
+    good = save_tiny_model(root / "runs")
+    options = ExportOptions(calibration_images=CALIBRATION, quantization="none")
+    exports = root / "exports" / "cnn"
+    export_model(good, "onnx", options, exports)
+    export_model(good, "tflite", options, exports)
+    export_model(good, "savedmodel", options, exports)
+    # The damaged twin: the same architecture with every kernel perturbed.
+    damaged = create_model("cnn", **TINY_CNN)
+    damaged.set_weights(keras.models.load_model(good).get_weights())
+    rng = np.random.default_rng(0)
+    damaged.set_weights([w + rng.normal(0, 0.5, w.shape).astype(w.dtype) if w.ndim > 1 else w
+                         for w in damaged.get_weights()])  # fmt: skip
+    bad_source = save_tiny_model(root / "damaged_runs", model=damaged)
+    (bad,) = export_model(bad_source, "onnx", options, root / "damaged")
+    return {"good": good, "exports": exports, "damaged": bad.path, "root": root}
+
+
+def test_float32_exports_pass_against_their_source(workspace, cifar_dir):
+    rows = verify([workspace["exports"]], data_dir=str(cifar_dir))
+    assert rows[0].status == "reference" and rows[0].samples == 60
+    assert [r.status for r in rows[1:]] == ["pass"] * 3, [r.reasons for r in rows]
+    for row in rows[1:]:
+        assert row.agreement == 1.0 and row.max_abs_diff <= 1e-4 and row.accuracy_diff == 0.0
+
+
+def test_a_damaged_artifact_fails_verification(workspace, cifar_dir):
+    rows = verify([workspace["damaged"]], reference=workspace["good"], data_dir=str(cifar_dir))
+    (row,) = rows[1:]
+    assert row.status == "fail"
+    assert any(r.startswith("max abs diff") for r in row.reasons)
+
+
+def test_loosened_tolerances_let_the_damaged_artifact_pass(workspace, cifar_dir):
+    rows = verify([workspace["damaged"]], reference=workspace["good"], data_dir=str(cifar_dir),
+                  overrides={"max_abs_diff": 1.0, "min_agreement": 0.0})  # fmt: skip
+    assert rows[1].status == "pass"
+
+
+def test_artifacts_of_different_models_are_refused(workspace, cifar_dir, tmp_path):
+    other = save_tiny_model(tmp_path / "runs", name="other")
+    (art,) = export_model(other, "onnx", ExportOptions(quantization="none"), tmp_path / "x")
+    with pytest.raises(InvalidOptionError, match="different models in one call: cnn, other"):
+        verify([workspace["exports"], art.path], data_dir=str(cifar_dir))
+
+
+def test_a_reference_that_is_not_keras_is_refused(workspace, cifar_dir):
+    onnx_path = workspace["exports"] / "cnn_float32.onnx"
+    with pytest.raises(InvalidModelError, match="reference must be a Keras .keras model"):
+        verify([onnx_path], reference=onnx_path, data_dir=str(cifar_dir))
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_verify_passes_writes_json_and_markdown(workspace, cifar_dir, tmp_path):
+    md = tmp_path / "parity.md"
+    result = invoke("verify", workspace["exports"], "--data-dir", cifar_dir, "--json", "-",
+                    "--markdown", md)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["status"] for r in rows] == ["reference", "pass", "pass", "pass"]
+    assert {"accuracy", "accuracy_diff", "agreement", "max_abs_diff", "mean_abs_diff",
+            "worst_class_diff", "ece"} <= set(rows[1])  # fmt: skip
+    assert md.read_text().count("| pass") == 3
+
+
+def test_cli_verify_exit_1_on_a_damaged_artifact(workspace, cifar_dir):
+    result = invoke("verify", workspace["damaged"], "--reference", workspace["good"],
+                    "--data-dir", cifar_dir)  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "fail" in result.stdout
+
+
+def test_cli_verify_exit_2_on_a_corrupt_artifact(workspace, cifar_dir, tmp_path):
+    bad = tmp_path / "cnn_float32.onnx"
+    bad.write_bytes((workspace["exports"] / "cnn_float32.onnx").read_bytes()[:500])
+    result = invoke("verify", bad, "--reference", workspace["good"], "--data-dir", cifar_dir)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and "not a loadable ONNX model" in result.stderr
+
+
+def test_cli_verify_without_exports_says_to_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("verify")
+    assert result.exit_code == 2 and "no exported artifacts" in result.stderr
+
+
+@pytest.mark.real_data
+def test_float_exports_keep_parity_on_real_test_images(workspace, real_data_dir):
+    rows = verify([workspace["exports"]], data_dir=str(real_data_dir), samples=500)
+    assert rows[0].samples == 500
+    assert all(r.status == "pass" for r in rows[1:]), [r.reasons for r in rows]
