@@ -5,6 +5,8 @@ For each model, two timed runs of ``model.fit`` over the same number of optimize
 - full pipeline: the recipe's tf.data pipeline (shuffle, crop/flip, one-hot, MixUp where the
   recipe uses it) exactly as ``cifar-deploy train`` runs it.
 The ratio full / compute-only shows the pipeline's cost (target: at most 10%, i.e. >= 0.90).
+This VM's speed drifts between two levels (the same epoch takes 25 s or 41 s), so the two runs
+alternate for ``--rounds`` rounds and the medians are compared.
 
 Images are random uint8 pixels: throughput does not depend on pixel values. Run by hand:
 
@@ -31,14 +33,14 @@ from cifar_deploy.training.trainer import resolve_precision  # noqa: E402
 
 
 def time_fit(model, dataset, steps: int) -> float:
-    """Seconds for ``steps`` optimizer steps, after one untimed warm-up epoch of 2 steps."""
-    model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
+    """Seconds for ``steps`` optimizer steps, after an untimed warm-up epoch of 3 steps."""
+    model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     return time.perf_counter() - start
 
 
-def measure(name: str, steps: int, batch_size: int | None, precision: str) -> dict:
+def measure(name: str, steps: int, batch_size: int | None, precision: str, rounds: int) -> dict:
     keras = _tf.keras()
     spec = get_model_spec(name)
     recipe = spec.recipe.with_overrides(batch_size=batch_size, mixed_precision=precision)
@@ -55,8 +57,11 @@ def measure(name: str, steps: int, batch_size: int | None, precision: str) -> di
     y = rng.integers(0, 10, size=n)
     full = train_dataset(x, y, recipe, seed=0).repeat()
     cached = full.take(1).cache().repeat()
-    compute_s = time_fit(model, cached, steps)
-    full_s = time_fit(model, full, steps)
+    compute, whole = [], []
+    for _ in range(rounds):
+        compute.append(time_fit(model, cached, steps))
+        whole.append(time_fit(model, full, steps))
+    compute_s, full_s = float(np.median(compute)), float(np.median(whole))
     images = steps * recipe.batch_size
     return {
         "model": name,
@@ -64,6 +69,7 @@ def measure(name: str, steps: int, batch_size: int | None, precision: str) -> di
         "precision": policy,
         "batch_size": recipe.batch_size,
         "steps": steps,
+        "rounds": rounds,
         "compute_only_img_s": round(images / compute_s, 1),
         "full_pipeline_img_s": round(images / full_s, 1),
         "pipeline_ratio": round(compute_s / full_s, 3),
@@ -76,16 +82,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=None, help="default: each recipe's")
     parser.add_argument("--precision", default="auto", choices=["off", "auto", "bf16", "fp16"])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed pairs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tf = _tf.tf()
     rows = []
     for name in args.models.split(","):
         steps = args.steps if name == "cnn" else max(3, args.steps // 4)  # big models: fewer steps
-        rows.append(measure(name, steps, args.batch_size, args.precision))
+        rounds = args.rounds if name == "cnn" else 1  # the big models: one pair (minutes each)
+        rows.append(measure(name, steps, args.batch_size, args.precision, rounds))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     machine = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name")), platform.machine()),  # fmt: skip
         "cores": os.cpu_count(),
         "tensorflow": tf.__version__,
         "gpus": len(tf.config.list_physical_devices("GPU")),

@@ -285,7 +285,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
     ]
     if len(present) < len(TRAIN_BATCHES):
         log.warning(
-            "only %d of 5 CIFAR-10 training batches found (%s); training on %d images",
+            "only %d of 5 CIFAR-10 training batches found (%s): %d training images",
             len(present), ", ".join(present), sum(len(p[1]) for p in parts),
         )  # fmt: skip
     x_test, y_test = parse_batch(

@@ -22,21 +22,30 @@ def plot_bench(rows: Sequence, path: Path, accuracy_json: Path | None = None) ->
     a second panel of accuracy against artifact size."""
     plt = _pyplot()
     panels = 2 if accuracy_json else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 6), squeeze=False)
     ax = axes[0][0]
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[tuple, list[tuple[int, float]]] = {}
     for r in rows:
         if r.status == "ok":
-            label = f"{r.artifact} [{r.runtime}, {r.device}, {r.threads or 'all'} thr]"
-            series.setdefault(label, []).append((r.batch_size, r.p50_ms))
-    for label, points in sorted(series.items()):
+            key = (r.artifact, r.runtime, r.device, r.threads or 0)
+            series.setdefault(key, []).append((r.batch_size, r.p50_ms))
+    # One colour per artifact and runtime; line style tells the thread count apart.
+    curves = sorted({k[:3] for k in series})
+    colours = plt.get_cmap("tab20")
+    thread_counts = sorted({k[3] for k in series}, reverse=True)
+    styles = ["-", "--", ":", "-."]
+    for (artifact, runtime, device, threads), points in sorted(series.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        colour = colours(curves.index((artifact, runtime, device)) % 20)
+        style = styles[thread_counts.index(threads) % len(styles)]
+        label = f"{artifact} [{runtime}, {device}, {threads or 'all'} thr]"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o",
+                color=colour, label=label, markersize=4)  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
            title="Latency against batch size")  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
     if series:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left", ncol=1 if len(series) < 12 else 2)
     if accuracy_json:
         plot_accuracy_vs_size(json.loads(Path(accuracy_json).read_text()), axes[0][1])
     fig.tight_layout()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import resource
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,8 +86,34 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class PeakRss:
+    """Samples this process's resident memory every ``interval`` seconds in a thread; ``added_mb``
+    is the highest sample minus the level at entry. (``ru_maxrss`` cannot be reset between
+    artifacts, so it would carry the largest earlier artifact into every later row.)"""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.before = self.peak = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> PeakRss:
+        self.before = self.peak = _rss_mb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+    @property
+    def added_mb(self) -> float:
+        return round(max(self.peak - self.before, 0.0), 1)
 
 
 def time_runs(fn: Callable[[np.ndarray], object], pool: Sequence[np.ndarray], warmup: int,
@@ -159,22 +185,21 @@ def bench_artifact(path: Path, device: str, threads: int | None, config: BenchCo
     if device == "gpu" and not has_gpu():
         return [dataclasses.replace(base, batch_size=b, status="skipped", reason="no GPU")
                 for b in config.batch_sizes]  # fmt: skip
-    try:
-        rss_before = _rss_mb()
-        start = time.perf_counter_ns()
-        predictor = load_predictor(path, device=device, threads=threads)
-        base.load_ms = (time.perf_counter_ns() - start) / 1e6
-        base.provider = predictor.provider
-        start = time.perf_counter_ns()
-        predictor.predict(input_pool(1)[0])
-        base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
-    except Exception as exc:
-        return [dataclasses.replace(base, batch_size=b, status="failed", reason=_reason(exc))
-                for b in config.batch_sizes]  # fmt: skip
-    rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
-    added = max(_peak_rss_mb(), _rss_mb()) - rss_before
+    with PeakRss() as rss:
+        try:
+            start = time.perf_counter_ns()
+            predictor = load_predictor(path, device=device, threads=threads)
+            base.load_ms = (time.perf_counter_ns() - start) / 1e6
+            base.provider = predictor.provider
+            start = time.perf_counter_ns()
+            predictor.predict(input_pool(1)[0])
+            base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
+        except Exception as exc:
+            return [dataclasses.replace(base, batch_size=b, status="failed", reason=_reason(exc))
+                    for b in config.batch_sizes]  # fmt: skip
+        rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
     for row in rows:
-        row.peak_rss_added_mb = round(max(added, 0.0), 1)
+        row.peak_rss_added_mb = rss.added_mb
     if device == "gpu" and predictor.kind == "onnx":
         rows += _io_binding_rows(predictor, base, config)
     return rows
@@ -214,36 +239,43 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
         return [dataclasses.replace(base, runtime=r, batch_size=b, status="skipped",
                                     reason="no GPU")
                 for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
-    try:
-        rss_before = _rss_mb()
-        start = time.perf_counter_ns()
-        predictor = load_predictor(reference, device=device)
-        base.load_ms = (time.perf_counter_ns() - start) / 1e6
-        base.provider = predictor.provider
-        model, tf = predictor.model, _tf.tf()
-        tf_device = "/GPU:0" if device == "gpu" else "/CPU:0"
-        start = time.perf_counter_ns()
-        model(input_pool(1)[0].astype(np.float32), training=False)
-        base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
-    except Exception as exc:
-        return [dataclasses.replace(base, runtime=r, batch_size=b, status="failed",
-                                    reason=_reason(exc))
-                for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
+    with PeakRss() as rss:
+        try:
+            start = time.perf_counter_ns()
+            predictor = load_predictor(reference, device=device)
+            base.load_ms = (time.perf_counter_ns() - start) / 1e6
+            base.provider = predictor.provider
+            model, tf = predictor.model, _tf.tf()
+            tf_device = "/GPU:0" if device == "gpu" else "/CPU:0"
+            start = time.perf_counter_ns()
+            model(input_pool(1)[0].astype(np.float32), training=False)
+            base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
+        except Exception as exc:
+            return [dataclasses.replace(base, runtime=r, batch_size=b, status="failed",
+                                        reason=_reason(exc))
+                    for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
 
-    def via_predict(x):
-        with tf.device(tf_device):
-            return model.predict(x.astype(np.float32), batch_size=len(x), verbose=0)
+        def via_predict(x):
+            with tf.device(tf_device):
+                return model.predict(x.astype(np.float32), batch_size=len(x), verbose=0)
 
-    def via_call(x):
-        with tf.device(tf_device):
-            return np.asarray(model(x.astype(np.float32), training=False))
+        def via_call(x):
+            with tf.device(tf_device):
+                return np.asarray(model(x.astype(np.float32), training=False))
 
-    rows = _cells(via_predict, dataclasses.replace(base, runtime="model.predict"), config)
-    rows += _cells(via_call, dataclasses.replace(base, runtime="direct call"), config)
-    added = max(_peak_rss_mb(), _rss_mb()) - rss_before
+        rows = _cells(via_predict, dataclasses.replace(base, runtime="model.predict"), config)
+        rows += _cells(via_call, dataclasses.replace(base, runtime="direct call"), config)
     for row in rows:
-        row.peak_rss_added_mb = round(max(added, 0.0), 1)
+        row.peak_rss_added_mb = rss.added_mb
     return rows
+
+
+def _is_savedmodel(path: Path) -> bool:
+    try:
+        meta = load_metadata(path, check_hash=False)
+    except CifarDeployError:
+        return False
+    return meta is not None and meta.format == "savedmodel"
 
 
 def add_speedups(rows: list[BenchRow]) -> None:
@@ -309,7 +341,9 @@ def benchmark(
                 on_progress(f"keras baseline ({device})")
             rows += bench_keras_baseline(reference, device, config)
         for path in paths:
-            for threads in config.threads:
+            # TensorFlow-run artifacts take no per-model thread count: one row set, threads None.
+            uses_threads = Path(path).suffix != ".keras" and not _is_savedmodel(path)
+            for threads in config.threads if uses_threads else (None,):
                 if on_progress:
                     on_progress(f"{Path(path).name} ({device}, {threads or 'all'} threads)")
                 rows += bench_artifact(path, device, threads, config)

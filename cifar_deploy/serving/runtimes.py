@@ -164,7 +164,8 @@ class TFLitePredictor(Predictor):
     def _run(self, batch):
         if self._batch != len(batch):
             self._it.resize_tensor_input(self._in["index"], [len(batch), 32, 32, 3])
-            self._it.allocate_tensors()
+            with _tf.quiet_native():  # XNNPACK announces itself on the first allocation
+                self._it.allocate_tensors()
             self._batch = len(batch)
         self._it.set_tensor(self._in["index"], self._quantize(batch))
         self._it.invoke()
