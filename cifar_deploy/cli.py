@@ -330,5 +330,72 @@ def bench_cmd(
         console.out.print(bench_table(rows, machine))
 
 
+@app.command("serve")
+@handles_errors
+def serve_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Any artifact: .keras, .tflite, .onnx, savedmodel/ or triton/.")],
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    name: Annotated[Optional[str], typer.Option(help="Model name in URLs (default: the sidecar's model name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Largest merged batch.")] = 64,
+    max_queue_delay_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill, ms.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for LiteRT/ONNX Runtime.")] = None,
+    device: Annotated[Device, typer.Option(help="cpu or gpu.")] = Device.cpu,
+    max_payload_mb: Annotated[float, typer.Option(help="Largest request body, MB.")] = 8.0,
+):
+    """Serve an artifact over the Open Inference Protocol (KServe V2) with dynamic batching.
+
+    Endpoints: /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready,
+    /v2/models/NAME/infer, /v1/classify (PNG/JPEG upload) and /metrics. Ctrl-C or SIGTERM lets
+    in-flight requests finish.
+    """
+    import uvicorn
+
+    from .serving import load_predictor
+    from .serving.server import create_app
+
+    predictor = load_predictor(artifact, device=device.value, threads=threads)
+    model_name = name or (predictor.metadata.model_name if predictor.metadata else artifact.stem)
+    app_ = create_app(predictor, model_name, max_batch_size, max_queue_delay_ms,
+                      int(max_payload_mb * 2**20))  # fmt: skip
+    console.err.print(f"serving {artifact} as {model_name!r} ({predictor.provider}) on "
+                      f"http://{host}:{port}/v2/models/{model_name}")  # fmt: skip
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@app.command("predict")
+@handles_errors
+def predict_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Any artifact: .keras, .tflite, .onnx, savedmodel/ or triton/.")],
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files, any size (resized to 32x32 RGB).")],
+    top_k: Annotated[int, typer.Option(help="Labels per image.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for LiteRT/ONNX Runtime.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Classify image files with any artifact; a bad file gets one line, the others still run."""
+    from .serving import load_predictor
+    from .serving.predict import classify_files
+
+    if not 1 <= top_k <= 10:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(f"--top-k must be 1..10, received {top_k}")
+    predictor = load_predictor(artifact, threads=threads)
+    results = classify_files(predictor, images, top_k)
+    for r in results:
+        if r["error"]:
+            console.error(f"{r['file']}: {r['error']}")
+    if json_out:
+        console.print_json(results)
+    else:
+        console.out.print(console.table(
+            f"Predictions ({artifact.name})", ["file", "top labels"],
+            [(r["file"], ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"]))
+             for r in results if not r["error"]],
+        ))  # fmt: skip
+    if any(r["error"] for r in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
