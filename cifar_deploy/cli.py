@@ -397,5 +397,60 @@ def predict_cmd(
         raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command("pipeline")
+@handles_errors
+def pipeline_cmd(
+    model: Annotated[str, typer.Argument(help="Model name: cnn, mobilenetv2, wrn-28-10.")],
+    quick: Annotated[bool, typer.Option(help="CNN only: the ~10-minute CPU training preset.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of the main training phase.")] = None,
+    formats: Annotated[str, typer.Option(help="Comma-separated formats, or 'all'.")] = "all",
+    data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10 location.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<model>/ and the report go.")] = Path("runs"),
+    exports_dir: Annotated[Path, typer.Option(help="Where exports/<model>/ goes.")] = Path("exports"),
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on at most N images.")] = None,
+    verify_samples: Annotated[Optional[int], typer.Option(help="Verify on N test images (default: all).")] = None,
+    bench_batch_sizes: Annotated[str, typer.Option(help="Benchmark batch sizes.")] = "1,8,32,64",
+    bench_min_time: Annotated[float, typer.Option(help="Seconds per benchmark cell.")] = 0.5,
+    force: Annotated[bool, typer.Option(help="Redo every stage, even up-to-date ones.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the stage results as JSON.")] = False,
+):
+    """Train, export, verify, benchmark and write a deployment report, in one command.
+
+    Stages whose outputs are newer than their inputs are skipped (--force redoes them); a failed
+    stage stops the ones after it. The report is runs/<model>/report.md (+ .json, .html, plots).
+    """
+    import dataclasses
+
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(
+        model=model, quick=quick, epochs=epochs, data_dir=str(data_dir) if data_dir else None,
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), runs_dir=runs_dir,
+        exports_dir=exports_dir, force=force, max_train_samples=max_train_samples,
+        verify_samples=verify_samples, bench_min_time=bench_min_time,
+        bench_batch_sizes=_int_list(bench_batch_sizes, "--bench-batch-sizes"),
+    )  # fmt: skip
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
+
+    def ended(r):
+        console.err.print(f"[{colours[r.status]}]{r.name}: {r.status}[/] ({r.seconds:.1f} s) "
+                          f"{r.detail}", highlight=False)  # fmt: skip
+
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_pipeline(cfg, on_stage_start=lambda n: console.err.print(f"{n} ..."),
+                               on_stage_end=ended)  # fmt: skip
+    if json_out:
+        console.print_json([dataclasses.asdict(r) for r in results])
+    else:
+        console.out.print(console.table(f"Pipeline: {model}", ["stage", "status", "seconds", "detail"],
+                                        [(r.name, r.status, f"{r.seconds:.1f}", r.detail)
+                                         for r in results]))  # fmt: skip
+        report = cfg.run_dir / "report.md"
+        if report.exists():
+            console.out.print(f"report: {report}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -92,3 +92,14 @@ def plot_history(history_csv: Path, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_accuracy_png(parity_rows: Sequence[dict], path: Path) -> Path:
+    """Accuracy against artifact size as its own PNG (the report's third plot)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    plot_accuracy_vs_size(parity_rows, ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,155 @@
+"""The deployment report: which artifact to ship, from the run's own files.
+
+Reads ``run.json``, ``history.csv``, ``parity.json`` and ``bench.json`` in ``runs/<model>/`` plus
+the artifacts' sidecars, and writes ``report.json``, ``report.md``, ``report.html`` and three
+plots (training curves, latency against batch size, accuracy against size).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .export.metadata import sidecar_path
+from .render import markdown_table
+
+COLUMNS = ["artifact", "format", "quantization", "size", "accuracy", "diff (pts)", "agreement",
+           "p50 ms @1", "best img/s (batch)", "status"]  # fmt: skip
+
+
+def _load(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def build_report(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    run = _load(run_dir / "run.json")
+    parity = _load(run_dir / "parity.json")
+    bench = _load(run_dir / "bench.json")
+    rows = []
+    for p in parity:
+        if p["status"] == "reference":
+            continue
+        sidecar = sidecar_path(Path(p["path"]))
+        size = _load(sidecar)["artifact"]["size_bytes"] if sidecar.exists() else None
+        cells = [b for b in bench["rows"] if b["artifact"] == p["name"] and b["status"] == "ok"
+                 and b["runtime"] in ("predictor",)]  # fmt: skip
+        b1 = [b["p50_ms"] for b in cells if b["batch_size"] == 1]
+        best = max(cells, key=lambda b: b["throughput"], default=None)
+        rows.append({
+            "artifact": p["name"], "path": p["path"], "format": p["format"],
+            "quantization": p["quantization"], "size_bytes": size, "accuracy": p["accuracy"],
+            "accuracy_diff": p["accuracy_diff"], "agreement": p["agreement"],
+            "p50_ms_batch1": min(b1) if b1 else None,
+            "best_throughput": best["throughput"] if best else None,
+            "best_batch": best["batch_size"] if best else None,
+            "status": p["status"], "reasons": p["reasons"],
+        })  # fmt: skip
+    passing = [r for r in rows if r["status"] == "pass"]
+    smallest = min(passing, key=lambda r: r["size_bytes"] or float("inf"), default=None)
+    timed = [r for r in passing if r["p50_ms_batch1"] is not None]
+    fastest = min(timed, key=lambda r: r["p50_ms_batch1"], default=None)
+    reference = next((p for p in parity if p["status"] == "reference"), {})
+    return {
+        "model": run.get("model"),
+        "training": {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_run",
+                                             "wall_seconds", "precision_policy", "data")},
+        "reference_accuracy": reference.get("accuracy"),
+        "test_images": reference.get("samples"),
+        "artifacts": rows,
+        "recommendation": {
+            "smallest_passing": smallest and smallest["artifact"],
+            "fastest_passing": fastest and fastest["artifact"],
+        },
+        "machine": bench.get("machine", {}),
+    }  # fmt: skip
+
+
+def _cells(r: dict) -> list[str]:
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    best = (f"{r['best_throughput']:,.0f} ({r['best_batch']})" if r["best_throughput"] else "-")
+    status = r["status"] + (f": {'; '.join(r['reasons'])}" if r["reasons"] else "")
+    size = f"{r['size_bytes'] / 2**20:.2f} MiB" if r["size_bytes"] else "-"
+    return [r["artifact"], r["format"], r["quantization"], size, fmt(r["accuracy"], ".2%"),
+            fmt(r["accuracy_diff"], "+.2f"), fmt(r["agreement"], ".2%"),
+            fmt(r["p50_ms_batch1"], ".3f"), best, status]  # fmt: skip
+
+
+def render_markdown(report: dict) -> str:
+    t = report["training"]
+    m = report["machine"]
+    rec = report["recommendation"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    lines = [
+        f"# Deployment report: {report['model']}",
+        "",
+        f"**Recommendation.** Smallest artifact that passes parity: "
+        f"`{rec['smallest_passing'] or 'none'}`. Fastest (batch-1 latency) that passes parity: "
+        f"`{rec['fastest_passing'] or 'none'}`.",
+        "",
+        "## Training",
+        "",
+        f"Test accuracy {t['test_accuracy']:.2%} (best validation {t['best_val_accuracy']:.2%}) "
+        f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
+        f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
+        if t.get("test_accuracy") is not None else "Training figures unavailable.",
+        "",
+        "![training curves](training.png)",
+        "",
+        f"## Artifacts (parity on {report['test_images'] or 0:,} test images, reference "
+        f"accuracy {report['reference_accuracy'] or 0:.2%})",
+        "",
+        markdown_table(COLUMNS, [_cells(r) for r in report["artifacts"]]),
+        "![latency against batch size](latency.png)",
+        "",
+        "![accuracy against size](accuracy.png)",
+        "",
+        "## Machine",
+        "",
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, GPUs: {m.get('gpus') or 'none'}. "
+        f"{versions}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_html(report: dict, markdown: str) -> str:
+    """A self-contained page: the table as HTML, the plots as images next to it."""
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
+                   for r in report["artifacts"])  # fmt: skip
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    rec = report["recommendation"]
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Deployment report: {html.escape(str(report['model']))}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body><h1>Deployment report: {html.escape(str(report['model']))}</h1>
+<p><b>Smallest passing:</b> {html.escape(str(rec['smallest_passing']))} &middot;
+<b>Fastest passing:</b> {html.escape(str(rec['fastest_passing']))}</p>
+<table><tr>{head}</tr>{rows}</table>
+<p><img src="training.png" width="900"></p><p><img src="latency.png" width="900"></p>
+<p><img src="accuracy.png" width="600"></p>
+<pre>{html.escape(markdown)}</pre></body></html>
+"""
+
+
+def write_report(run_dir: Path) -> dict[str, Path]:
+    from .plots import plot_accuracy_png, plot_bench, plot_history
+    from .serving.bench import BenchRow
+
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    bench_rows = [BenchRow(**r) for r in _load(run_dir / "bench.json")["rows"]]
+    plot_history(run_dir / "history.csv", run_dir / "training.png")
+    plot_bench(bench_rows, run_dir / "latency.png")
+    plot_accuracy_png(_load(run_dir / "parity.json"), run_dir / "accuracy.png")
+    markdown = render_markdown(report)
+    paths = {"json": run_dir / "report.json", "markdown": run_dir / "report.md",
+             "html": run_dir / "report.html"}  # fmt: skip
+    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown)
+    paths["html"].write_text(render_html(report, markdown))
+    return paths

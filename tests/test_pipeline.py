@@ -1,0 +1,126 @@
+"""Specification of `cifar-deploy pipeline`: every stage, the report, resume, --force, failure."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import TINY_CNN
+from typer.testing import CliRunner
+
+from cifar_deploy import pipeline
+from cifar_deploy.cli import app
+from cifar_deploy.errors import ExportError
+from cifar_deploy.pipeline import PipelineConfig, run_pipeline
+
+runner = CliRunner()
+STAGES = ["train", "export", "verify", "bench", "report"]
+
+
+def tiny_config(tmp_path, data_dir, **kw) -> PipelineConfig:
+    return PipelineConfig(model="cnn", epochs=1, data_dir=str(data_dir),
+                          runs_dir=tmp_path / "runs", exports_dir=tmp_path / "exports",
+                          formats=("tflite", "onnx"), bench_batch_sizes=(1, 2),
+                          bench_min_time=0.01, model_kwargs=TINY_CNN, **kw)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete tiny pipeline run, shared by the tests that only read its results."""
+    from conftest import write_cifar_dir
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data = write_cifar_dir(root / "data").parent
+    cfg = tiny_config(root, data)
+    return cfg, run_pipeline(cfg)
+
+
+def test_every_stage_runs_and_the_report_is_written(finished):
+    cfg, results = finished
+    assert [(r.name, r.status) for r in results] == [(s, "done") for s in STAGES], results
+    run = cfg.run_dir
+    for name in ("best.keras", "history.csv", "run.json", "parity.json", "bench.json",
+                 "report.md", "report.json", "report.html"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    for plot in ("training.png", "latency.png", "accuracy.png"):
+        assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(cfg.export_dir.glob("*.json"))) == 7  # tflite x4 + onnx x3
+
+
+def test_report_names_the_smallest_and_fastest_passing_artifacts(finished):
+    cfg, _ = finished
+    report = json.loads((cfg.run_dir / "report.json").read_text())
+    rows = {r["artifact"]: r for r in report["artifacts"]}
+    assert len(rows) == 7
+    passing = [r for r in rows.values() if r["status"] == "pass"]
+    smallest = min(passing, key=lambda r: r["size_bytes"])
+    fastest = min(passing, key=lambda r: r["p50_ms_batch1"])
+    assert report["recommendation"] == {"smallest_passing": smallest["artifact"],
+                                        "fastest_passing": fastest["artifact"]}  # fmt: skip
+    assert all(r["size_bytes"] > 0 and r["best_throughput"] > 0 for r in rows.values())
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "Recommendation" in md and smallest["artifact"] in md and "![training curves]" in md
+    assert report["machine"]["cores"] >= 1
+
+
+def test_a_second_run_skips_every_stage(finished):
+    cfg, _ = finished
+    results = run_pipeline(cfg)
+    assert [r.status for r in results] == ["skipped"] * 5
+    assert all("up to date" in r.detail for r in results)
+
+
+def test_a_newer_input_reruns_the_stages_after_it(finished):
+    cfg, _ = finished
+    parity = cfg.run_dir / "parity.json"
+    future = parity.stat().st_mtime + 10
+    os.utime(parity, (future, future))  # verify's output is now newer than the report
+    results = run_pipeline(cfg)
+    assert [r.status for r in results] == ["skipped"] * 4 + ["done"]
+
+
+def test_force_redoes_everything(tmp_path, cifar_dir):
+    cfg = tiny_config(tmp_path, cifar_dir, force=True)
+    cfg.formats = ("onnx",)
+    first = run_pipeline(cfg)
+    again = run_pipeline(cfg)
+    assert [r.status for r in first] == [r.status for r in again] == ["done"] * 5
+
+
+def test_a_failed_stage_stops_the_later_ones_and_keeps_earlier_results(tmp_path, cifar_dir,
+                                                                     monkeypatch):  # fmt: skip
+    def broken_export(cfg):
+        raise ExportError("onnx (none) export failed: converter crashed")
+
+    monkeypatch.setattr(pipeline.STAGES[1], "run", broken_export)
+    cfg = tiny_config(tmp_path, cifar_dir)
+    results = run_pipeline(cfg)
+    assert [r.status for r in results] == ["done", "failed", "not run", "not run", "not run"]
+    assert "converter crashed" in results[1].detail
+    assert results[2].detail == "needs export, which failed"
+    assert (cfg.run_dir / "best.keras").exists()  # training's result stays
+
+
+def test_unknown_model_or_format_fails_before_any_work(tmp_path, cifar_dir):
+    result = runner.invoke(app, ["pipeline", "cnnx", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown model 'cnnx'" in result.stderr
+    result = runner.invoke(app, ["pipeline", "cnn", "--formats", "coreml", "--runs-dir",
+                                 str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2 and "unknown format 'coreml'" in result.stderr
+    assert not (tmp_path / "cnn").exists()
+
+
+@pytest.mark.slow
+def test_cli_pipeline_end_to_end_on_synthetic_data(tmp_path, cifar_dir):
+    args = ["pipeline", "cnn", "--epochs", "1", "--data-dir", str(cifar_dir), "--runs-dir",
+            str(tmp_path / "runs"), "--exports-dir", str(tmp_path / "exports"),
+            "--bench-batch-sizes", "1", "--bench-min-time", "0.01", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)
+    assert [s["status"] for s in stages] == ["done"] * 5
+    report = json.loads((tmp_path / "runs" / "cnn" / "report.json").read_text())
+    assert len(report["artifacts"]) == 9
+    again = runner.invoke(app, args)
+    assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 5
