@@ -429,6 +429,7 @@ def pipeline_cmd(
         exports_dir=exports_dir, force=force, max_train_samples=max_train_samples,
         verify_samples=verify_samples, bench_min_time=bench_min_time,
         bench_batch_sizes=_int_list(bench_batch_sizes, "--bench-batch-sizes"),
+        verbose=0 if json_out else (1 if sys.stderr.isatty() else 2),
     )  # fmt: skip
     colours = {"done": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
 

@@ -32,6 +32,7 @@ class PipelineConfig:
     bench_batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
     bench_min_time: float = 0.5  # seconds per benchmark cell
     model_kwargs: dict = field(default_factory=dict)  # builder overrides (tests)
+    verbose: int = 0  # training progress: 0 silent, 1 bar, 2 a line per epoch
 
     @property
     def run_dir(self) -> Path:
@@ -79,7 +80,7 @@ def _train(cfg: PipelineConfig) -> str:
     result = train(TrainConfig(model=cfg.model, recipe=recipe, seed=cfg.seed,
                                data_dir=cfg.data_dir, runs_dir=str(cfg.runs_dir),
                                max_train_samples=cfg.max_train_samples,
-                               model_kwargs=cfg.model_kwargs, verbose=0))  # fmt: skip
+                               model_kwargs=cfg.model_kwargs, verbose=cfg.verbose))  # fmt: skip
     return f"test accuracy {result.test_accuracy:.2%} after {result.epochs_run} epochs"
 
 

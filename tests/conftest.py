@@ -131,3 +131,14 @@ def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
     model.save(run / "best.keras")
     (run / "run.json").write_text(json.dumps({"model": name}))
     return run / "best.keras"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A float32 ONNX export of the tiny CNN, shared by the serving tests."""
+    from cifar_deploy.export import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("tiny_onnx")
+    (art,) = export_model(save_tiny_model(root / "runs"), "onnx",
+                          ExportOptions(quantization="none"), root / "exports")  # fmt: skip
+    return art.path

@@ -15,23 +15,18 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
 from cifar_deploy.cli import app
-from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.serving.batcher import DynamicBatcher
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    model = save_tiny_model(root / "runs")
-    (art,) = export_model(model, "onnx", ExportOptions(quantization="none"), root / "exports")
-    return art.path
+def artifact(tiny_onnx):
+    return tiny_onnx
 
 
 def _image(path, fmt, size=(40, 30)):

@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from conftest import save_tiny_model
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.serving import load_predictor
 from cifar_deploy.serving.server import create_app
 
@@ -25,11 +23,8 @@ LIMIT = 1 * 2**20  # a 1 MB payload limit, so the over-limit test stays small
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    model = save_tiny_model(root / "runs")
-    (art,) = export_model(model, "onnx", ExportOptions(quantization="none"), root / "exports")
-    return art.path
+def artifact(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")
