@@ -175,6 +175,57 @@ def top_k(probs: np.ndarray, k: int, class_names) -> list[dict]:
             for i in order]  # fmt: skip
 
 
+def _endpoint(path: str) -> str:
+    """Metric label for a path: model names folded into ``{name}``."""
+    if path.startswith("/v2/models/"):
+        return "/v2/models/{name}" + ("/infer" if path.endswith("/infer") else
+                                      "/ready" if path.endswith("/ready") else "")  # fmt: skip
+    return path
+
+
+class Observe:
+    """Pure ASGI middleware (Starlette's ``@app.middleware("http")`` costs a task and a stream
+    copy per request): the payload limit from Content-Length, a JSON 500 instead of a bare error
+    page, and request, latency and queue metrics."""
+
+    def __init__(self, app, metrics: dict, batcher: DynamicBatcher, max_payload_bytes: int):
+        self.app, self.m, self.batcher, self.limit = app, metrics, batcher, max_payload_bytes
+
+    async def _json(self, send, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        state = {"status": 500, "started": False}
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+            await send(message)
+
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        try:
+            if length.isdigit() and int(length) > self.limit:
+                await self._json(tracking_send, 413, f"payload of {int(length):,} bytes exceeds "
+                                                     f"the limit of {self.limit:,} bytes")  # fmt: skip
+            else:
+                await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # never a bare 500 page: a JSON error, and keep serving
+            if not state["started"]:
+                await self._json(tracking_send, 500, f"internal error: {type(exc).__name__}")
+        finally:
+            endpoint = _endpoint(scope["path"])
+            self.m["requests"].labels(endpoint, str(state["status"])).inc()
+            self.m["latency"].labels(endpoint).observe(time.perf_counter() - started)
+            self.m["queue"].set(self.batcher.queue_depth)
+
+
 def create_app(
     predictor: Predictor,
     name: str,
@@ -203,26 +254,7 @@ def create_app(
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        endpoint = request.url.path
-        if endpoint.startswith("/v2/models/"):
-            endpoint = "/v2/models/{name}" + ("/infer" if endpoint.endswith("/infer") else
-                                              "/ready" if endpoint.endswith("/ready") else "")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_payload_bytes:
-            response = error(413, f"payload of {int(length):,} bytes exceeds the limit of "
-                                  f"{max_payload_bytes:,} bytes")  # fmt: skip
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # never a bare 500 page: a JSON error, and keep serving
-                response = error(500, f"internal error: {type(exc).__name__}")
-        m["requests"].labels(endpoint, str(response.status_code)).inc()
-        m["latency"].labels(endpoint).observe(time.perf_counter() - started)
-        m["queue"].set(batcher.queue_depth)
-        return response
+    app.add_middleware(Observe, metrics=m, batcher=batcher, max_payload_bytes=max_payload_bytes)
 
     def check_model(model_name: str):
         if model_name != name:
