@@ -134,3 +134,12 @@ def test_onnx_on_the_gpu_matches_the_cpu(artifacts):
     assert gpu.provider == "CUDAExecutionProvider"
     cpu = load_predictor(artifacts[("onnx", "none")])
     np.testing.assert_allclose(gpu.predict(IMAGES), cpu.predict(IMAGES), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, quantization", [("tflite", "int8"), ("onnx", "none")])
+def test_results_do_not_alias_the_runtime_buffers(artifacts, fmt, quantization):
+    predictor = load_predictor(artifacts[(fmt, quantization)])
+    first = predictor.predict(IMAGES[:1])
+    kept = first.copy()
+    predictor.predict(IMAGES[1:2])  # a second call must not overwrite the first answer
+    np.testing.assert_array_equal(first, kept)

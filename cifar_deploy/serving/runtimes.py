@@ -69,6 +69,8 @@ class Predictor:
         images = check_images(images)
         if len(images) == 0:
             return np.zeros((0, 10), np.float32)
+        if len(images) <= batch_size:  # the common case: one call, no concatenation
+            return self._run(images).astype(np.float32, copy=False)
         parts = [self._run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -147,18 +149,21 @@ class TFLitePredictor(Predictor):
         self._out = self._it.get_output_details()[0]["index"]
         self._dtype = np.dtype(self._in["dtype"])
         self._batch = None
+        # Input quantization from the sidecar (the file's own parameters for a bare artifact).
+        spec = self.metadata.input if self.metadata else None
+        self._scale = spec.scale if spec and spec.scale else self._in["quantization"][0]
+        self._zero = (spec.zero_point if spec and spec.zero_point is not None
+                      else self._in["quantization"][1])  # fmt: skip
+        self._identity = self._dtype == np.uint8 and self._scale == 1.0 and self._zero == 0
         self.provider = f"litert xnnpack ({self.threads} threads)"
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
         if self._dtype == np.float32:
             return batch.astype(np.float32, copy=False)
-        spec = self.metadata.input if self.metadata else None
-        scale = spec.scale if spec and spec.scale else self._in["quantization"][0]
-        zero = spec.zero_point if spec and spec.zero_point is not None else self._in["quantization"][1]
-        if batch.dtype == np.uint8 and self._dtype == np.uint8 and scale == 1.0 and zero == 0:
+        if self._identity and batch.dtype == np.uint8:
             return batch  # camera pixels go in untouched
         info = np.iinfo(self._dtype)
-        q = np.round(batch.astype(np.float32) / scale + zero)
+        q = np.round(batch.astype(np.float32) / self._scale + self._zero)
         return np.clip(q, info.min, info.max).astype(self._dtype)
 
     def _run(self, batch):
@@ -169,7 +174,7 @@ class TFLitePredictor(Predictor):
             self._batch = len(batch)
         self._it.set_tensor(self._in["index"], self._quantize(batch))
         self._it.invoke()
-        return self._it.get_tensor(self._out).copy()
+        return self._it.get_tensor(self._out)  # get_tensor returns a copy
 
 
 class OnnxPredictor(Predictor):
