@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,15 +12,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import write_cifar_dir
+from conftest import TINY_CNN, write_cifar_dir
 
 from cifar_deploy import _tf
 from cifar_deploy.data import load_cifar10
-from cifar_deploy.errors import TrainingInterrupted
+from cifar_deploy.errors import InvalidOptionError, TrainingInterrupted
 from cifar_deploy.training import resolve_recipe
 from cifar_deploy.training.trainer import TrainConfig, train
 
-TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
 
 
 def tiny_config(tmp_path, data_dir, **kw):
@@ -121,3 +121,25 @@ def test_cnn_beats_chance_clearly_on_real_cifar10(tmp_path, real_data_dir):
     result = train(config)
     assert result.info["data"]["test_images"] == 10_000
     assert result.test_accuracy >= 0.25  # chance is 0.10
+
+
+def test_mobilenetv2_phases_freeze_then_fine_tune(tmp_path, cifar_dir):
+    # A tiny MobileNetV2 through both phases, one epoch each: the head, then the fine-tune.
+    recipe = resolve_recipe("mobilenetv2", epochs=1, batch_size=32)
+    recipe = dataclasses.replace(recipe, phases=(dataclasses.replace(recipe.phases[0], epochs=1),
+                                                 recipe.phases[1]))  # fmt: skip
+    config = TrainConfig(model="mobilenetv2", recipe=recipe, data_dir=str(cifar_dir),
+                         runs_dir=str(tmp_path / "runs"), weights="none", verbose=0,
+                         model_kwargs={"input_size": 32, "alpha": 0.35})  # fmt: skip
+    result = train(config)
+    rows = list(csv.DictReader(open(result.history_path)))
+    assert [r["phase"] for r in rows] == ["head", "finetune"]
+
+
+def test_a_freezing_phase_on_a_model_without_backbone_is_refused(tmp_path, cifar_dir):
+    recipe = resolve_recipe("cnn", epochs=1)
+    frozen = dataclasses.replace(recipe.phases[0], trainable="head")
+    config = tiny_config(tmp_path, cifar_dir)
+    config.recipe = dataclasses.replace(config.recipe, phases=(frozen,))
+    with pytest.raises(InvalidOptionError, match="cnn has no backbone to freeze"):
+        train(config)

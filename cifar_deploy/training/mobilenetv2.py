@@ -107,5 +107,6 @@ register_model(
         recipe=RECIPE,
         description="MobileNetV2 (ImageNet) at 224x224, resize + [-1,1] scaling in-graph",
         accepts_weights=True,
+        set_trainable=set_trainable,
     )
 )

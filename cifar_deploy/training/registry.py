@@ -24,6 +24,8 @@ class ModelSpec:
     builder_kwargs: tuple[tuple[str, object], ...] = ()
     accepts_weights: bool = False  # takes --weights (pretrained backbones)
     quick_recipe: Recipe | None = None  # the --quick preset, where the family has one
+    # (model, "head" | "finetune", fraction) -> None, for families with a pretrained backbone
+    set_trainable: Callable[[object, str, float], None] | None = None
 
     def build(self, **kwargs):
         return self.builder(**{**dict(self.builder_kwargs), **kwargs})

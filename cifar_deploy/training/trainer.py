@@ -251,9 +251,12 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
             if phase.epochs == 0:
                 continue
             if phase.trainable != "all":
-                from .mobilenetv2 import set_trainable
-
-                set_trainable(model, phase.trainable, recipe.finetune_fraction)
+                if spec.set_trainable is None:
+                    raise InvalidOptionError(
+                        f"phase {phase.name!r} trains {phase.trainable!r} layers, but {spec.name} "
+                        "has no backbone to freeze; expected trainable='all'"
+                    )
+                spec.set_trainable(model, phase.trainable, recipe.finetune_fraction)
             with strategy.scope():
                 model.compile(
                     optimizer=make_optimizer(phase, steps_per_epoch),
