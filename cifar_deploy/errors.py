@@ -59,6 +59,19 @@ class TrainingInterrupted(CifarDeployError):
     exit_code = EXIT_INTERRUPTED
 
 
+def one_line(exc: BaseException, limit: int = 200, with_type: bool = False) -> str:
+    """An exception as one line for an error message or a table cell: a project error's own
+    message; otherwise the first line of its text cut to ``limit`` characters, prefixed with its
+    type when asked, or just its type when it has no text."""
+    if isinstance(exc, CifarDeployError):
+        return exc.message
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0][:limit]
+    return f"{type(exc).__name__}: {first}" if with_type else first
+
+
 def unknown_name(kind: str, received: str, valid: Iterable[str]) -> UnknownNameError:
     """Build the error for an unknown name, listing the valid ones and the closest match."""
     valid = sorted(valid)

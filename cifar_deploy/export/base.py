@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArtifactExistsError, CifarDeployError, ExportError, InvalidOptionError
-from ..errors import unknown_name
+from ..errors import one_line, unknown_name
 from .metadata import (
     Metadata,
     TensorSpec,
@@ -185,7 +185,7 @@ def run_export(
             _remove(target)
         if isinstance(exc, (CifarDeployError, KeyboardInterrupt, SystemExit)):
             raise
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        reason = one_line(exc, limit=300)
         raise ExportError(f"{fmt.name} ({quantization}) export failed: {reason}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)

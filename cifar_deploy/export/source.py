@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import _tf
-from ..errors import InvalidModelError
+from ..errors import InvalidModelError, one_line
 from .metadata import INPUT_NAME, OUTPUT_NAME, FileRecord, file_record
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ def load_keras_model(path: Path):
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # zip, h5, config and safe-mode errors all mean "cannot use this"
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise InvalidModelError(f"{path}: cannot be loaded as a Keras model ({reason})") from None
+        raise InvalidModelError(
+            f"{path}: cannot be loaded as a Keras model ({one_line(exc)})"
+        ) from None
 
 
 class ExportSource:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..errors import CifarDeployError, InvalidOptionError
+from ..errors import CifarDeployError, InvalidOptionError, one_line
+from ..export.metadata import Metadata
 from .parity import collect_artifacts
 from .runtimes import DEVICES, load_metadata, load_predictor
 
@@ -159,25 +160,24 @@ def _cells(predict: Callable, base: BenchRow, config: BenchConfig) -> list[Bench
             fill_timing(row, time_runs(predict, pool, config.warmup, config.min_time,
                                        config.min_runs))  # fmt: skip
         except Exception as exc:  # one failing cell is a row, never an aborted sweep
-            row.status, row.reason = "failed", _reason(exc)
+            row.status, row.reason = "failed", one_line(exc, with_type=True)
         rows.append(row)
     return rows
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, CifarDeployError):
-        return exc.message
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def bench_artifact(path: Path, device: str, threads: int | None, config: BenchConfig) -> list[BenchRow]:
-    """All batch sizes of one artifact on one device with one thread count."""
-    meta = None
+def _metadata_or_none(path: Path) -> Metadata | None:
+    """The sidecar for a row's labels; a broken one is reported by the load that follows."""
     try:
-        meta = load_metadata(path)
+        return load_metadata(path)
     except CifarDeployError:
-        pass
+        return None
+
+
+def bench_artifact(path: Path, device: str, threads: int | None, config: BenchConfig,
+                   meta: Metadata | None = None) -> list[BenchRow]:  # fmt: skip
+    """All batch sizes of one artifact on one device with one thread count (``meta``: its sidecar,
+    when the caller has read it already)."""
+    meta = meta if meta is not None else _metadata_or_none(path)
     base = BenchRow(artifact=Path(path).name, format=meta.format if meta else Path(path).suffix[1:],
                     quantization=meta.quantization if meta else "none", runtime="predictor",
                     provider="", device=device, batch_size=0, threads=threads,
@@ -195,7 +195,7 @@ def bench_artifact(path: Path, device: str, threads: int | None, config: BenchCo
             predictor.predict(input_pool(1)[0])
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
-            return [dataclasses.replace(base, batch_size=b, status="failed", reason=_reason(exc))
+            return [dataclasses.replace(base, batch_size=b, status="failed", reason=one_line(exc, with_type=True))
                     for b in config.batch_sizes]  # fmt: skip
         rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
     for row in rows:
@@ -225,7 +225,7 @@ def _io_binding_rows(predictor, base: BenchRow, config: BenchConfig) -> list[Ben
 
             fill_timing(row, time_runs(run, pool, config.warmup, config.min_time, config.min_runs))
         except Exception as exc:
-            row.status, row.reason = "failed", _reason(exc)
+            row.status, row.reason = "failed", one_line(exc, with_type=True)
         rows.append(row)
     return rows
 
@@ -252,7 +252,7 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
             return [dataclasses.replace(base, runtime=r, batch_size=b, status="failed",
-                                        reason=_reason(exc))
+                                        reason=one_line(exc, with_type=True))
                     for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
 
         def via_predict(x):
@@ -268,14 +268,6 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
     for row in rows:
         row.peak_rss_added_mb = rss.added_mb
     return rows
-
-
-def _is_savedmodel(path: Path) -> bool:
-    try:
-        meta = load_metadata(path, check_hash=False)
-    except CifarDeployError:
-        return False
-    return meta is not None and meta.format == "savedmodel"
 
 
 def add_speedups(rows: list[BenchRow]) -> None:
@@ -324,16 +316,10 @@ def benchmark(
     config = config or BenchConfig()
     config.validate()
     paths = collect_artifacts(artifacts)
+    metas = {p: _metadata_or_none(p) for p in paths}  # each sidecar read and hashed once
     if config.baseline and reference is None:
-        sources = set()
-        for p in paths:
-            try:
-                meta = load_metadata(p)
-            except CifarDeployError:
-                continue
-            if meta and meta.source:
-                sources.add(meta.source.path)
-        reference = Path(sorted(sources)[0]) if sources else None
+        sources = sorted({m.source.path for m in metas.values() if m and m.source})
+        reference = Path(sources[0]) if sources else None
     rows: list[BenchRow] = []
     for device in config.devices:
         if config.baseline and reference is not None:
@@ -342,11 +328,12 @@ def benchmark(
             rows += bench_keras_baseline(reference, device, config)
         for path in paths:
             # TensorFlow-run artifacts take no per-model thread count: one row set, threads None.
-            uses_threads = Path(path).suffix != ".keras" and not _is_savedmodel(path)
+            meta = metas[path]
+            uses_threads = Path(path).suffix != ".keras" and not (meta and meta.format == "savedmodel")
             for threads in config.threads if uses_threads else (None,):
                 if on_progress:
                     on_progress(f"{Path(path).name} ({device}, {threads or 'all'} threads)")
-                rows += bench_artifact(path, device, threads, config)
+                rows += bench_artifact(path, device, threads, config, meta)
     add_speedups(rows)
     return rows, machine_info(config)
 

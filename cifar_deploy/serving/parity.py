@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_cifar10, stratified_indices
-from ..errors import CifarDeployError, InvalidModelError, InvalidOptionError
+from ..errors import InvalidModelError, InvalidOptionError, one_line
 from .runtimes import load_metadata, load_predictor
 
 ECE_BINS = 15
@@ -205,7 +205,6 @@ def verify(
             row.reasons = judge(figures, tolerance_for(quantization, overrides))
             row.status = "fail" if row.reasons else "pass"
         except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
-            row.reasons = [exc.message if isinstance(exc, CifarDeployError) else
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"]
+            row.reasons = [one_line(exc, with_type=True)]
         rows.append(row)
     return rows
