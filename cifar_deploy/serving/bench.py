@@ -188,7 +188,7 @@ def bench_artifact(path: Path, device: str, threads: int | None, config: BenchCo
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
-            predictor = load_predictor(path, device=device, threads=threads)
+            predictor = load_predictor(path, device=device, threads=threads, metadata=meta)
             base.load_ms = (time.perf_counter_ns() - start) / 1e6
             base.provider = predictor.provider
             start = time.perf_counter_ns()

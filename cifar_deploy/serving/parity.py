@@ -172,7 +172,8 @@ def verify(
         raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
     ref_predictor = load_predictor(reference, device="cpu")
     # Load every artifact before evaluating any: a corrupt one is bad input, not a failed row.
-    predictors = {p: load_predictor(p, device=device, threads=threads) for p in paths}
+    predictors = {p: load_predictor(p, device=device, threads=threads, metadata=metas[p])
+                  for p in paths}  # fmt: skip
 
     data = data if data is not None else load_cifar10(data_dir)
     x, y = data.x_test, data.y_test

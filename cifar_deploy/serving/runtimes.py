@@ -260,10 +260,13 @@ def load_metadata(path: Path, check_hash: bool = True) -> Metadata | None:
     return metadata
 
 
-def load_predictor(path: Path, device: str = "cpu", threads: int | None = None) -> Predictor:
-    """The predictor for an artifact, from its file type and sidecar."""
+def load_predictor(path: Path, device: str = "cpu", threads: int | None = None,
+                   metadata: Metadata | None = None) -> Predictor:  # fmt: skip
+    """The predictor for an artifact, from its file type and sidecar (``metadata``: the sidecar
+    already read and hash-checked by the caller with :func:`load_metadata`)."""
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}; expected one of: cpu, gpu")
-    metadata = load_metadata(Path(path))
+    if metadata is None:
+        metadata = load_metadata(Path(path))
     cls: Callable[..., Predictor] = PREDICTORS[artifact_kind(path, metadata)]
     return cls(Path(path), metadata, device=device, threads=threads)
