@@ -93,11 +93,15 @@ def _export_targets(cfg: PipelineConfig):
     return [(fmt, q) for fmt in formats for q in fmt.quantizations]
 
 
+def _artifact_paths(cfg: PipelineConfig) -> list[Path]:
+    return [cfg.export_dir / fmt.target(cfg.model, q) for fmt, q in _export_targets(cfg)]
+
+
 def _export_paths(cfg: PipelineConfig) -> list[Path]:
+    """The export stage's outputs: every artifact's sidecar (written after its artifact)."""
     from .export.metadata import sidecar_path
 
-    names = [fmt.target(cfg.model, q) for fmt, q in _export_targets(cfg)]
-    return [sidecar_path(cfg.export_dir / n) for n in names]
+    return [sidecar_path(p) for p in _artifact_paths(cfg)]
 
 
 def _export(cfg: PipelineConfig) -> str:
@@ -114,7 +118,7 @@ def _export(cfg: PipelineConfig) -> str:
 def _verify(cfg: PipelineConfig) -> str:
     from .serving.parity import verify
 
-    rows = verify([p.with_name(p.name[: -len(".json")]) for p in _export_paths(cfg)],
+    rows = verify(_artifact_paths(cfg),
                   reference=cfg.run_dir / "best.keras", data_dir=cfg.data_dir,
                   samples=cfg.verify_samples)  # fmt: skip
     (cfg.run_dir / "parity.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -127,8 +131,7 @@ def _bench(cfg: PipelineConfig) -> str:
 
     config = BenchConfig(batch_sizes=cfg.bench_batch_sizes, warmup=2,
                          min_time=cfg.bench_min_time, min_runs=5)  # fmt: skip
-    paths = [p.with_name(p.name[: -len(".json")]) for p in _export_paths(cfg)]
-    rows, machine = benchmark(paths, config, reference=cfg.run_dir / "best.keras")
+    rows, machine = benchmark(_artifact_paths(cfg), config, reference=cfg.run_dir / "best.keras")
     (cfg.run_dir / "bench.json").write_text(
         json.dumps({"machine": machine, "rows": [r.to_dict() for r in rows]}, indent=2, default=str)
     )

@@ -124,6 +124,12 @@ def sidecar_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + SIDECAR_SUFFIX)
 
 
+def artifact_of(sidecar: Path) -> Path:
+    """The artifact a sidecar describes (the inverse of :func:`sidecar_path`)."""
+    sidecar = Path(sidecar)
+    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+
+
 def read_sidecar(artifact: Path) -> Metadata:
     path = sidecar_path(artifact)
     try:

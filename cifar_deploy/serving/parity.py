@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data import load_cifar10, stratified_indices
 from ..errors import InvalidModelError, InvalidOptionError, one_line
+from ..export.metadata import artifact_of
 from .runtimes import load_metadata, load_predictor
 
 ECE_BINS = 15
@@ -129,7 +130,7 @@ def collect_artifacts(paths: Sequence[Path]) -> list[Path]:
             sidecars = sorted(path.glob("*.json"))
             if not sidecars:
                 raise InvalidModelError(f"{path}: no exported artifacts (no *.json sidecars)")
-            found.extend(s.with_name(s.name[: -len(".json")]) for s in sidecars)
+            found.extend(artifact_of(s) for s in sidecars)
         else:
             found.append(path)
     return found
