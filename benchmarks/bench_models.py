@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from cifar_deploy.export import ExportOptions, export_model  # noqa: E402
 from cifar_deploy.render import bench_markdown  # noqa: E402
 from cifar_deploy.serving.bench import BenchConfig, benchmark  # noqa: E402
-from cifar_deploy.serving.flops import model_flops  # noqa: E402
 from cifar_deploy.training import get_model_spec  # noqa: E402
+from cifar_deploy.training.flops import model_flops  # noqa: E402
 
 
 def main() -> None:
@@ -34,8 +34,12 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_models_"))
     calibration = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    config = BenchConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
-                         warmup=2, min_time=args.min_time, min_runs=3)  # fmt: skip
+    config = BenchConfig(
+        batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+        warmup=2,
+        min_time=args.min_time,
+        min_runs=3,
+    )
     for name in args.models.split(","):
         spec = get_model_spec(name)
         model = spec.build(weights=None) if spec.accepts_weights else spec.build()
@@ -49,9 +53,11 @@ def main() -> None:
             options = ExportOptions(quantization=q, calibration_images=calibration)
             arts += export_model(run / "best.keras", fmt, options, out)
         rows, machine = benchmark([a.path for a in arts], config)
-        print(f"\n### {name}: {model.count_params():,} parameters, "
-              f"{model_flops(model) / 1e9:.2f} GFLOPs per image, {machine['cpu']}, "
-              f"{machine['cores']} cores\n")
+        print(
+            f"\n### {name}: {model.count_params():,} parameters, "
+            f"{model_flops(model) / 1e9:.2f} GFLOPs per image, {machine['cpu']}, "
+            f"{machine['cores']} cores\n"
+        )
         print(bench_markdown(rows))
         sys.stdout.flush()
 

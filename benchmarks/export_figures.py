@@ -36,11 +36,15 @@ def main() -> None:
     print("| --- | --- | --- | ---: | ---: | --- |")
     for a in artifacts:
         name = a.path.name if a.path else "-"
-        print(f"| {a.format} | {a.quantization} | {name} | {a.size_bytes / 1024:.0f} "
-              f"| {a.seconds:.1f} | {a.status}{': ' + a.error if a.error else ''} |")
+        print(
+            f"| {a.format} | {a.quantization} | {name} | {a.size_bytes / 1024:.0f} "
+            f"| {a.seconds:.1f} | {a.status}{': ' + a.error if a.error else ''} |"
+        )
     sizes = {(a.format, a.quantization): a.size_bytes for a in artifacts if a.status == "ok"}
-    print(f"\nall formats: {sum(a.seconds for a in artifacts):.1f} s of exports, "
-          f"{total:.1f} s wall including model load and the scratch SavedModel")
+    print(
+        f"\nall formats: {sum(a.seconds for a in artifacts):.1f} s of exports, "
+        f"{total:.1f} s wall including model load and the scratch SavedModel"
+    )
     if ("tflite", "int8") in sizes and ("tflite", "none") in sizes:
         ratio = sizes[("tflite", "int8")] / sizes[("tflite", "none")]
         print(f"int8 TFLite / float32 TFLite size: {ratio:.1%}")

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from cifar_deploy import _tf  # noqa: E402
 from cifar_deploy.export.metadata import read_sidecar  # noqa: E402
 from cifar_deploy.serving import load_predictor  # noqa: E402
 from cifar_deploy.serving.bench import input_pool, time_runs  # noqa: E402
-from cifar_deploy.serving.flops import model_flops  # noqa: E402
+from cifar_deploy.training.flops import model_flops  # noqa: E402
 
 
 def p50(fn, batch: int, min_time: float) -> float:
@@ -40,10 +39,10 @@ def matmul_gflops(min_time: float) -> dict:
     for n in (1024, 2048):
         a = np.random.default_rng(0).random((n, n), dtype=np.float32)
         b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-        ms = p50(lambda _: a @ b, 1, min_time)
+        ms = p50(lambda _, a=a, b=b: a @ b, 1, min_time)
         out[f"numpy_{n}"] = 2 * n**3 / (ms / 1e3) / 1e9
         ta, tb = tf.constant(a), tf.constant(b)
-        ms = p50(lambda _: tf.linalg.matmul(ta, tb).numpy(), 1, min_time)
+        ms = p50(lambda _, ta=ta, tb=tb: tf.linalg.matmul(ta, tb).numpy(), 1, min_time)
         out[f"tensorflow_{n}"] = 2 * n**3 / (ms / 1e3) / 1e9
     return out
 
@@ -88,8 +87,10 @@ def main() -> None:
     def raw_onnx(x):
         return session.run(None, {"images": x.astype(np.float32)})[0]
 
-    for label, wrapped, raw in (("tflite_int8", int8.predict, raw_tflite),
-                                ("onnx_float32", onnx_pred.predict, raw_onnx)):  # fmt: skip
+    for label, wrapped, raw in (
+        ("tflite_int8", int8.predict, raw_tflite),
+        ("onnx_float32", onnx_pred.predict, raw_onnx),
+    ):
         # Interleave the two measurements three times and keep the medians, so drift in the
         # machine's speed does not land on one side.
         w, r = [], []
@@ -104,10 +105,12 @@ def main() -> None:
     flops = model_flops(model)
     results["model_gflops_per_image"] = flops / 1e9
     best = {}
-    for label, predictor in (("onnx_float32", onnx_pred), ("tflite_float32",
-                                                            load_predictor(tflite_fp32)),
-                             ("keras_direct_call", keras_pred)):  # fmt: skip
-        ms = p50(lambda x: predictor.predict(x, batch_size=64), 64, args.min_time)
+    for label, predictor in (
+        ("onnx_float32", onnx_pred),
+        ("tflite_float32", load_predictor(tflite_fp32)),
+        ("keras_direct_call", keras_pred),
+    ):
+        ms = p50(lambda x, p=predictor: p.predict(x, batch_size=64), 64, args.min_time)
         best[label] = 64 * flops / (ms / 1e3) / 1e9
     results["batch64_gflops"] = best
     gemm = matmul_gflops(args.min_time)

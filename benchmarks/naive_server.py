@@ -37,8 +37,16 @@ def main() -> None:
         shape = head["inputs"][0]["shape"]
         x = np.frombuffer(body[size:], np.uint8).reshape(shape).astype(np.float32)
         probs = model.predict(x, verbose=0)
-        return {"outputs": [{"name": "probabilities", "datatype": "FP32",
-                             "shape": list(probs.shape), "data": probs.ravel().tolist()}]}
+        return {
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": list(probs.shape),
+                    "data": probs.ravel().tolist(),
+                }
+            ]
+        }
 
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
 

@@ -34,11 +34,19 @@ from cifar_deploy.serving import load_predictor  # noqa: E402
 from cifar_deploy.serving.bench import input_pool, time_runs  # noqa: E402
 
 
-
 def header(batch: int) -> bytes:
-    return json.dumps({"inputs": [{"name": "images", "shape": [batch, 32, 32, 3],
-                                   "datatype": "UINT8",
-                                   "parameters": {"binary_data_size": batch * 3072}}]}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [batch, 32, 32, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": batch * 3072},
+                }
+            ]
+        }
+    ).encode()
 
 
 def free_port() -> int:
@@ -83,9 +91,15 @@ def load(port: int, model: str, total: int, concurrency: int, batch: int = 1) ->
     with ThreadPoolExecutor(concurrency) as ex:
         lat = np.concatenate([np.asarray(v) for v in ex.map(client, range(concurrency))])
     seconds = time.perf_counter() - started
-    return {"concurrency": concurrency, "request_batch": batch, "requests": int(lat.size),
-            "req_s": lat.size / seconds, "img_s": lat.size * batch / seconds,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}  # fmt: skip
+    return {
+        "concurrency": concurrency,
+        "request_batch": batch,
+        "requests": int(lat.size),
+        "req_s": lat.size / seconds,
+        "img_s": lat.size * batch / seconds,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
 
 
 def batch_totals(port: int) -> tuple[float, float]:
@@ -132,16 +146,20 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
         predictor = load_predictor(artifact)
-        ms = float(np.median(time_runs(lambda x: predictor.predict(x), input_pool(batch), 5, 2.0, 20)))
-        ms32 = float(np.median(time_runs(lambda x: predictor.predict(x), input_pool(32), 5, 2.0, 20)))
+        ms = float(np.median(time_runs(predictor.predict, input_pool(batch), 5, 2.0, 20)))
+        ms32 = float(np.median(time_runs(predictor.predict, input_pool(32), 5, 2.0, 20)))
         results["artifacts"][artifact.name] = {
-            "levels": rows, "server_mean_batch": batch, "in_process_img_s_at_that_batch":
-            batch * 1000 / ms, "served_share_of_in_process": rows[-1]["req_s"] / (batch * 1000 / ms),
-            "batch32_requests": big, "in_process_img_s_at_32": 32 * 1000 / ms32,
+            "levels": rows,
+            "server_mean_batch": batch,
+            "in_process_img_s_at_that_batch": batch * 1000 / ms,
+            "served_share_of_in_process": rows[-1]["req_s"] / (batch * 1000 / ms),
+            "batch32_requests": big,
+            "in_process_img_s_at_32": 32 * 1000 / ms32,
             "batch32_served_share": big["img_s"] / (32 * 1000 / ms32),
-            "rss_mb_after_1k": rss_1k, "rss_mb_after_10k": rss_10k,
+            "rss_mb_after_1k": rss_1k,
+            "rss_mb_after_10k": rss_10k,
             "rss_growth": rss_10k / rss_1k - 1,
-        }  # fmt: skip
+        }
         print(json.dumps({artifact.name: results["artifacts"][artifact.name]}), file=sys.stderr)
     # The naive server, one model.predict per request, at the highest concurrency.
     reference = read_sidecar(exports / f"{name}_float32.onnx").source.path
@@ -155,7 +173,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     results["naive_model_predict_server"] = naive
-    for art, r in results["artifacts"].items():
+    for r in results["artifacts"].values():
         r["speedup_vs_naive"] = r["levels"][-1]["req_s"] / naive["req_s"]
     print(json.dumps(results, indent=2))
 

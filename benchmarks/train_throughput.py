@@ -93,8 +93,14 @@ def main() -> None:
         rows.append(measure(name, steps, args.batch_size, args.precision, rounds))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     machine = {
-        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name")), platform.machine()),  # fmt: skip
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        ),
         "cores": os.cpu_count(),
         "tensorflow": tf.__version__,
         "gpus": len(tf.config.list_physical_devices("GPU")),
@@ -103,12 +109,16 @@ def main() -> None:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return
     print(f"machine: {machine}")
-    print("| model | parameters | precision | batch | compute-only img/s | full pipeline img/s "
-          "| full / compute |")
+    print(
+        "| model | parameters | precision | batch | compute-only img/s | full pipeline img/s "
+        "| full / compute |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['model']} | {r['parameters']:,} | {r['precision']} | {r['batch_size']} "
-              f"| {r['compute_only_img_s']} | {r['full_pipeline_img_s']} | {r['pipeline_ratio']} |")
+        print(
+            f"| {r['model']} | {r['parameters']:,} | {r['precision']} | {r['batch_size']} "
+            f"| {r['compute_only_img_s']} | {r['full_pipeline_img_s']} | {r['pipeline_ratio']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,16 +30,15 @@ def print_json(data) -> None:
     sys.stdout.flush()
 
 
-def write_json_to(target, data) -> None:
-    """``--json FILE``: write JSON to FILE, or to stdout for '-'; nothing for None."""
-    if target is None:
-        return
-    if str(target) == "-":
+def emit(json_flag: bool, json_file: Path | None, data, render: Callable[[], Table]) -> None:
+    """A command's result: JSON on stdout for ``--json``, else the table ``render`` makes; and
+    the JSON written to ``--json-out FILE`` as well when one is given."""
+    if json_file is not None:
+        Path(json_file).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if json_flag:
         print_json(data)
     else:
-        from pathlib import Path
-
-        Path(target).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        out.print(render())
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
@@ -74,10 +74,15 @@ def setup_logging(verbose: bool) -> None:
 def progress(title: str, total: int | None):
     """A progress bar on stderr; yields ``advance(description=None, step=1)``."""
     bar = Progress(
-        TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True,
+        TextColumn(f"[bold]{title}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
         disable=not err.is_terminal,  # no live display in logs and pipes
-    )  # fmt: skip
+    )
     with bar:
         task = bar.add_task("", total=total)
 
@@ -99,9 +104,54 @@ def artifact_table(artifacts) -> Table:
     rows = []
     for a in artifacts:
         status = "[green]ok[/]" if a.status == "ok" else f"[red]failed[/]: {a.error}"
-        rows.append((a.format, a.quantization, a.path.name if a.path else "-",
-                     human_size(a.size_bytes) if a.size_bytes else "-", f"{a.seconds:.1f}",
-                     status))  # fmt: skip
+        rows.append(
+            (
+                a.format,
+                a.quantization,
+                a.path.name if a.path else "-",
+                human_size(a.size_bytes) if a.size_bytes else "-",
+                f"{a.seconds:.1f}",
+                status,
+            )
+        )
     folders = sorted({str(a.path.parent) for a in artifacts if a.path})
     title = f"Exports in {', '.join(folders)}" if folders else "Exports"
     return table(title, ["format", "quantization", "file", "size", "seconds", "status"], rows)
+
+
+def train_table(result) -> Table:
+    cells = (
+        f"{result.test_accuracy:.2%}",
+        f"{result.best_val_accuracy:.2%}",
+        result.epochs_run,
+        f"{result.wall_seconds:.0f} s",
+        str(result.best_path),
+    )
+    columns = ["test accuracy", "best val accuracy", "epochs", "wall time", "checkpoint"]
+    return table(f"Trained {result.info['model']}", columns, [cells])
+
+
+def predictions_table(artifact_name: str, results: Sequence[dict]) -> Table:
+    rows = [
+        (r["file"], ", ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"]))
+        for r in results
+        if not r["error"]
+    ]
+    return table(f"Predictions ({artifact_name})", ["file", "top labels"], rows)
+
+
+STAGE_COLOURS = {"done": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
+
+
+def print_stage(result) -> None:
+    """One pipeline stage's end, on stderr."""
+    colour = STAGE_COLOURS[result.status]
+    err.print(
+        f"[{colour}]{result.name}: {result.status}[/] ({result.seconds:.1f} s) {result.detail}",
+        highlight=False,
+    )
+
+
+def stages_table(model: str, results) -> Table:
+    rows = [(r.name, r.status, f"{r.seconds:.1f}", r.detail) for r in results]
+    return table(f"Pipeline: {model}", ["stage", "status", "seconds", "detail"], rows)

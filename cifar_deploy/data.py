@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import CLASS_NAMES, NUM_CLASSES
 from .errors import DataFormatError, DataNotFoundError, InvalidOptionError, UnsafePickleError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META_FILE = "batches.meta"
@@ -39,10 +38,6 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 KERAS_CACHE_NAME = "cifar-10-batches-py-target"  # where keras.datasets.cifar10 extracts to
-CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
 
 # What a canonical CIFAR-10 pickle may ask for: numpy's array reconstruction, and
 # `_codecs.encode`, which Python 3 writes for byte strings in protocol-2 pickles.
@@ -161,9 +156,7 @@ class _TarReader:
         try:
             self._tar = tarfile.open(path, "r:*")
             # Members are only read into memory, never extracted, so member paths cannot escape.
-            self._members = {
-                Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()
-            }
+            self._members = {Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()}
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DataFormatError(
                 f"{path}: not a readable CIFAR-10 archive ({exc}); expected {ARCHIVE_NAME}"
@@ -177,7 +170,9 @@ class _TarReader:
             fh = self._tar.extractfile(self._members[name])
             return fh.read() if fh else b""
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DataFormatError(f"{self.label(name)}: archive member unreadable ({exc})") from None
+            raise DataFormatError(
+                f"{self.label(name)}: archive member unreadable ({exc})"
+            ) from None
 
     def label(self, name: str) -> str:
         return f"{self.path}:{name}"
@@ -286,8 +281,10 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
     if len(present) < len(TRAIN_BATCHES):
         log.warning(
             "only %d of 5 CIFAR-10 training batches found (%s): %d training images",
-            len(present), ", ".join(present), sum(len(p[1]) for p in parts),
-        )  # fmt: skip
+            len(present),
+            ", ".join(present),
+            sum(len(p[1]) for p in parts),
+        )
     x_test, y_test = parse_batch(
         safe_unpickle(reader.read(TEST_BATCH), reader.label(TEST_BATCH)), reader.label(TEST_BATCH)
     )
@@ -319,9 +316,7 @@ def stratified_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     quota = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - quota), kind="stable")[: count - quota.sum()]:
         quota[i] += 1
-    picked = [
-        rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)
-    ]
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 

@@ -1,8 +1,10 @@
-"""Every exception cifar-deploy raises on purpose, in one place.
+"""The exception types cifar-deploy raises on purpose, in one place.
 
 Each error carries a one-line message that says what was received and what was expected, an
 optional hint, and the exit code the CLI uses for it. The CLI prints ``error: <message>`` (and the
-hint) and exits with ``exit_code``; it never shows a traceback for these.
+hint) and exits with ``exit_code``; it never shows a traceback for these; the server answers a
+:class:`RequestError` with its HTTP status. (Library code also lets Python's own exceptions
+through where they mean a bug, and ``KeyboardInterrupt`` where the user stopped the work.)
 """
 
 from __future__ import annotations
@@ -99,3 +101,12 @@ class ArtifactExistsError(CifarDeployError):
 class DeviceUnavailableError(CifarDeployError):
     """A GPU was asked for and is not there (or the runtime cannot use it): never a silent CPU
     fallback."""
+
+
+class RequestError(CifarDeployError):
+    """A bad request or input file (an undecodable image, a malformed inference request): the
+    server answers it with ``status`` and this message; ``predict`` reports it for that file."""
+
+    def __init__(self, message: str, status: int = 400, hint: str | None = None):
+        super().__init__(message, hint)
+        self.status = status

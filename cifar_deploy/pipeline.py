@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CifarDeployError
+from .errors import CifarDeployError, ExportError
 
 
 @dataclass
@@ -22,7 +22,7 @@ class PipelineConfig:
     quick: bool = False
     epochs: int | None = None
     formats: tuple[str, ...] = ("all",)
-    data_dir: str | None = None
+    data_dir: Path | None = None
     runs_dir: Path = Path("runs")
     exports_dir: Path = Path("exports")
     force: bool = False
@@ -77,20 +77,25 @@ def _train(cfg: PipelineConfig) -> str:
     from .training.trainer import TrainConfig, train
 
     recipe = resolve_recipe(cfg.model, quick=cfg.quick, epochs=cfg.epochs)
-    result = train(TrainConfig(model=cfg.model, recipe=recipe, seed=cfg.seed,
-                               data_dir=cfg.data_dir, runs_dir=str(cfg.runs_dir),
-                               max_train_samples=cfg.max_train_samples,
-                               model_kwargs=cfg.model_kwargs, verbose=cfg.verbose))  # fmt: skip
+    config = TrainConfig(
+        model=cfg.model,
+        recipe=recipe,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir,
+        runs_dir=cfg.runs_dir,
+        max_train_samples=cfg.max_train_samples,
+        model_kwargs=cfg.model_kwargs,
+        verbose=cfg.verbose,
+    )
+    result = train(config)
     return f"test accuracy {result.test_accuracy:.2%} after {result.epochs_run} epochs"
 
 
 def _export_targets(cfg: PipelineConfig):
     """Every quantization of every requested format ("all": every format)."""
-    from .export import export_formats
-    from .export.base import get_format
+    from .export import every_quantization
 
-    formats = export_formats() if "all" in cfg.formats else [get_format(f) for f in cfg.formats]
-    return [(fmt, q) for fmt in formats for q in fmt.quantizations]
+    return every_quantization(list(cfg.formats))
 
 
 def _artifact_paths(cfg: PipelineConfig) -> list[Path]:
@@ -105,22 +110,31 @@ def _export_paths(cfg: PipelineConfig) -> list[Path]:
 
 
 def _export(cfg: PipelineConfig) -> str:
+    """Every target in one call: the model is loaded once and converters share its SavedModel.
+    Every target is attempted; any failed one fails the stage, naming each."""
     from .export import ExportOptions, export_model
 
-    artifacts = []
-    for fmt, q in _export_targets(cfg):
-        options = ExportOptions(quantization=q, data_dir=cfg.data_dir, force=True, seed=cfg.seed)
-        artifacts += export_model(cfg.run_dir / "best.keras", fmt.name, options, cfg.export_dir)
+    options = ExportOptions(data_dir=cfg.data_dir, force=True, seed=cfg.seed)
+    artifacts = export_model(
+        cfg.run_dir / "best.keras", _export_targets(cfg), options, cfg.export_dir
+    )
+    failed = [a for a in artifacts if a.status != "ok"]
+    if failed:
+        reasons = "; ".join(a.error or "" for a in failed)
+        raise ExportError(f"{len(failed)} of {len(artifacts)} exports failed: {reasons}")
     total = sum(a.seconds for a in artifacts)
     return f"{len(artifacts)} artifacts in {total:.1f} s"
 
 
 def _verify(cfg: PipelineConfig) -> str:
-    from .serving.parity import verify
+    from .serving.verify import verify
 
-    rows = verify(_artifact_paths(cfg),
-                  reference=cfg.run_dir / "best.keras", data_dir=cfg.data_dir,
-                  samples=cfg.verify_samples)  # fmt: skip
+    rows = verify(
+        _artifact_paths(cfg),
+        reference=cfg.run_dir / "best.keras",
+        data_dir=cfg.data_dir,
+        samples=cfg.verify_samples,
+    )
     (cfg.run_dir / "parity.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2))
     passed = sum(r.status == "pass" for r in rows[1:])
     return f"{passed} of {len(rows) - 1} artifacts pass parity"
@@ -129,8 +143,9 @@ def _verify(cfg: PipelineConfig) -> str:
 def _bench(cfg: PipelineConfig) -> str:
     from .serving.bench import BenchConfig, benchmark
 
-    config = BenchConfig(batch_sizes=cfg.bench_batch_sizes, warmup=2,
-                         min_time=cfg.bench_min_time, min_runs=5)  # fmt: skip
+    config = BenchConfig(
+        batch_sizes=cfg.bench_batch_sizes, warmup=2, min_time=cfg.bench_min_time, min_runs=5
+    )
     rows, machine = benchmark(_artifact_paths(cfg), config, reference=cfg.run_dir / "best.keras")
     (cfg.run_dir / "bench.json").write_text(
         json.dumps({"machine": machine, "rows": [r.to_dict() for r in rows]}, indent=2, default=str)
@@ -148,21 +163,33 @@ def _report(cfg: PipelineConfig) -> str:
 
 def _report_outputs(cfg: PipelineConfig) -> list[Path]:
     d = cfg.run_dir
-    return [d / "report.md", d / "report.json", d / "report.html", d / "training.png",
-            d / "latency.png", d / "accuracy.png"]  # fmt: skip
+    return [
+        d / "report.md",
+        d / "report.json",
+        d / "report.html",
+        d / "training.png",
+        d / "latency.png",
+        d / "accuracy.png",
+    ]
 
 
 STAGES: list[Stage] = [
-    Stage("train", lambda c: [],
-          lambda c: [c.run_dir / "best.keras", c.run_dir / "run.json", c.run_dir / "history.csv"],
-          _train),
+    Stage(
+        "train",
+        lambda c: [],
+        lambda c: [c.run_dir / "best.keras", c.run_dir / "run.json", c.run_dir / "history.csv"],
+        _train,
+    ),
     Stage("export", lambda c: [c.run_dir / "best.keras"], _export_paths, _export),
     Stage("verify", _export_paths, lambda c: [c.run_dir / "parity.json"], _verify),
     Stage("bench", _export_paths, lambda c: [c.run_dir / "bench.json"], _bench),
-    Stage("report",
-          lambda c: [c.run_dir / "parity.json", c.run_dir / "bench.json", c.run_dir / "history.csv"],
-          _report_outputs, _report),
-]  # fmt: skip
+    Stage(
+        "report",
+        lambda c: [c.run_dir / "parity.json", c.run_dir / "bench.json", c.run_dir / "history.csv"],
+        _report_outputs,
+        _report,
+    ),
+]
 
 
 def run_pipeline(
@@ -179,13 +206,17 @@ def run_pipeline(
     blocked_by: str | None = None
     for stage in STAGES:
         if blocked_by:
-            results.append(StageResult(stage.name, "not run", detail=f"needs {blocked_by}, which failed"))
+            results.append(
+                StageResult(stage.name, "not run", detail=f"needs {blocked_by}, which failed")
+            )
             continue
         if on_stage_start:
             on_stage_start(stage.name)
         started = time.perf_counter()
         if not cfg.force and up_to_date(stage.inputs(cfg), stage.outputs(cfg)):
-            result = StageResult(stage.name, "skipped", detail="up to date (outputs newer than inputs)")
+            result = StageResult(
+                stage.name, "skipped", detail="up to date (outputs newer than inputs)"
+            )
         else:
             try:
                 detail = stage.run(cfg)

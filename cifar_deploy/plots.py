@@ -39,10 +39,22 @@ def plot_bench(rows: Sequence, path: Path, accuracy_json: Path | None = None) ->
         colour = colours(curves.index((artifact, runtime, device)) % 20)
         style = styles[thread_counts.index(threads) % len(styles)]
         label = f"{artifact} [{runtime}, {device}, {threads or 'all'} thr]"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o",
-                color=colour, label=label, markersize=4)  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
-           title="Latency against batch size")  # fmt: skip
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            style,
+            marker="o",
+            color=colour,
+            label=label,
+            markersize=4,
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="p50 latency (ms)",
+        title="Latency against batch size",
+    )
     ax.grid(True, which="both", alpha=0.3)
     if series:
         ax.legend(fontsize=6, loc="upper left", ncol=1 if len(series) < 12 else 2)
@@ -67,8 +79,12 @@ def plot_accuracy_vs_size(parity_rows: Sequence[dict], ax) -> None:
         size = json.loads(sidecar.read_text())["artifact"]["size_bytes"] / 2**20
         ax.scatter(size, 100 * row["accuracy"])
         ax.annotate(row["name"], (size, 100 * row["accuracy"]), fontsize=7)
-    ax.set(xscale="log", xlabel="artifact size (MiB)", ylabel="test accuracy (%)",
-           title="Accuracy against size")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="artifact size (MiB)",
+        ylabel="test accuracy (%)",
+        title="Accuracy against size",
+    )
     ax.grid(True, alpha=0.3)
 
 

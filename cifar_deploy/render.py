@@ -14,8 +14,20 @@ from rich.table import Table
 
 from .console import table
 
-PARITY_COLUMNS = ["artifact", "format", "quant", "runtime", "accuracy", "diff (pts)", "agreement",
-                  "max abs diff", "mean abs diff", "worst class (pts)", "ECE", "status"]  # fmt: skip
+PARITY_COLUMNS = [
+    "artifact",
+    "format",
+    "quant",
+    "runtime",
+    "accuracy",
+    "diff (pts)",
+    "agreement",
+    "max abs diff",
+    "mean abs diff",
+    "worst class (pts)",
+    "ECE",
+    "status",
+]
 
 
 def _fmt(value, spec: str) -> str:
@@ -24,10 +36,20 @@ def _fmt(value, spec: str) -> str:
 
 def parity_cells(row) -> list[str]:
     status = row.status if not row.reasons else f"{row.status}: {'; '.join(row.reasons)}"
-    return [row.name, row.format, row.quantization, row.runtime, _fmt(row.accuracy, ".2%"),
-            _fmt(row.accuracy_diff, "+.2f"), _fmt(row.agreement, ".2%"),
-            _fmt(row.max_abs_diff, ".1e"), _fmt(row.mean_abs_diff, ".1e"),
-            _fmt(row.worst_class_diff, "+.1f"), _fmt(row.ece, ".3f"), status]  # fmt: skip
+    return [
+        row.name,
+        row.format,
+        row.quantization,
+        row.runtime,
+        _fmt(row.accuracy, ".2%"),
+        _fmt(row.accuracy_diff, "+.2f"),
+        _fmt(row.agreement, ".2%"),
+        _fmt(row.max_abs_diff, ".1e"),
+        _fmt(row.mean_abs_diff, ".1e"),
+        _fmt(row.worst_class_diff, "+.1f"),
+        _fmt(row.ece, ".3f"),
+        status,
+    ]
 
 
 def parity_table(rows: Sequence) -> Table:
@@ -57,17 +79,42 @@ def parity_markdown(rows: Sequence) -> str:
     )
 
 
-BENCH_COLUMNS = ["artifact", "quant", "runtime", "device", "batch", "threads", "p50 ms", "p90 ms",
-                 "p99 ms", "img/s", "x predict", "load ms", "RSS+ MB", "status"]  # fmt: skip
+BENCH_COLUMNS = [
+    "artifact",
+    "quant",
+    "runtime",
+    "device",
+    "batch",
+    "threads",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "img/s",
+    "x predict",
+    "load ms",
+    "RSS+ MB",
+    "status",
+]
 
 
 def bench_cells(r) -> list[str]:
     status = r.status if not r.reason else f"{r.status}: {r.reason}"
-    return [r.artifact, r.quantization, f"{r.runtime} ({r.provider})" if r.provider else r.runtime,
-            r.device, str(r.batch_size), str(r.threads or "all"), _fmt(r.p50_ms, ".3f"),
-            _fmt(r.p90_ms, ".3f"), _fmt(r.p99_ms, ".3f"), _fmt(r.throughput, ",.0f"),
-            _fmt(r.speedup_vs_predict, ".1f"), _fmt(r.load_ms, ".0f"),
-            _fmt(r.peak_rss_added_mb, ".0f"), status]  # fmt: skip
+    return [
+        r.artifact,
+        r.quantization,
+        f"{r.runtime} ({r.provider})" if r.provider else r.runtime,
+        r.device,
+        str(r.batch_size),
+        str(r.threads or "all"),
+        _fmt(r.p50_ms, ".3f"),
+        _fmt(r.p90_ms, ".3f"),
+        _fmt(r.p99_ms, ".3f"),
+        _fmt(r.throughput, ",.0f"),
+        _fmt(r.speedup_vs_predict, ".1f"),
+        _fmt(r.load_ms, ".0f"),
+        _fmt(r.peak_rss_added_mb, ".0f"),
+        status,
+    ]
 
 
 def bench_table(rows: Sequence, machine: dict) -> Table:

@@ -14,8 +14,18 @@ from pathlib import Path
 from .export.metadata import sidecar_path
 from .render import markdown_table
 
-COLUMNS = ["artifact", "format", "quantization", "size", "accuracy", "diff (pts)", "agreement",
-           "p50 ms @1", "best img/s (batch)", "status"]  # fmt: skip
+COLUMNS = [
+    "artifact",
+    "format",
+    "quantization",
+    "size",
+    "accuracy",
+    "diff (pts)",
+    "agreement",
+    "p50 ms @1",
+    "best img/s (batch)",
+    "status",
+]
 
 
 def _load(path: Path):
@@ -33,19 +43,30 @@ def build_report(run_dir: Path) -> dict:
             continue
         sidecar = sidecar_path(Path(p["path"]))
         size = _load(sidecar)["artifact"]["size_bytes"] if sidecar.exists() else None
-        cells = [b for b in bench["rows"] if b["artifact"] == p["name"] and b["status"] == "ok"
-                 and b["runtime"] in ("predictor",)]  # fmt: skip
+        cells = [
+            b
+            for b in bench["rows"]
+            if b["artifact"] == p["name"] and b["status"] == "ok" and b["runtime"] in ("predictor",)
+        ]
         b1 = [b["p50_ms"] for b in cells if b["batch_size"] == 1]
         best = max(cells, key=lambda b: b["throughput"], default=None)
-        rows.append({
-            "artifact": p["name"], "path": p["path"], "format": p["format"],
-            "quantization": p["quantization"], "size_bytes": size, "accuracy": p["accuracy"],
-            "accuracy_diff": p["accuracy_diff"], "agreement": p["agreement"],
-            "p50_ms_batch1": min(b1) if b1 else None,
-            "best_throughput": best["throughput"] if best else None,
-            "best_batch": best["batch_size"] if best else None,
-            "status": p["status"], "reasons": p["reasons"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "artifact": p["name"],
+                "path": p["path"],
+                "format": p["format"],
+                "quantization": p["quantization"],
+                "size_bytes": size,
+                "accuracy": p["accuracy"],
+                "accuracy_diff": p["accuracy_diff"],
+                "agreement": p["agreement"],
+                "p50_ms_batch1": min(b1) if b1 else None,
+                "best_throughput": best["throughput"] if best else None,
+                "best_batch": best["batch_size"] if best else None,
+                "status": p["status"],
+                "reasons": p["reasons"],
+            }
+        )
     passing = [r for r in rows if r["status"] == "pass"]
     smallest = min(passing, key=lambda r: r["size_bytes"] or float("inf"), default=None)
     timed = [r for r in passing if r["p50_ms_batch1"] is not None]
@@ -53,8 +74,17 @@ def build_report(run_dir: Path) -> dict:
     reference = next((p for p in parity if p["status"] == "reference"), {})
     return {
         "model": run.get("model"),
-        "training": {k: run.get(k) for k in ("test_accuracy", "best_val_accuracy", "epochs_run",
-                                             "wall_seconds", "precision_policy", "data")},
+        "training": {
+            k: run.get(k)
+            for k in (
+                "test_accuracy",
+                "best_val_accuracy",
+                "epochs_run",
+                "wall_seconds",
+                "precision_policy",
+                "data",
+            )
+        },
         "reference_accuracy": reference.get("accuracy"),
         "test_images": reference.get("samples"),
         "artifacts": rows,
@@ -63,19 +93,28 @@ def build_report(run_dir: Path) -> dict:
             "fastest_passing": fastest and fastest["artifact"],
         },
         "machine": bench.get("machine", {}),
-    }  # fmt: skip
+    }
 
 
 def _cells(r: dict) -> list[str]:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    best = (f"{r['best_throughput']:,.0f} ({r['best_batch']})" if r["best_throughput"] else "-")
+    best = f"{r['best_throughput']:,.0f} ({r['best_batch']})" if r["best_throughput"] else "-"
     status = r["status"] + (f": {'; '.join(r['reasons'])}" if r["reasons"] else "")
     size = f"{r['size_bytes'] / 2**20:.2f} MiB" if r["size_bytes"] else "-"
-    return [r["artifact"], r["format"], r["quantization"], size, fmt(r["accuracy"], ".2%"),
-            fmt(r["accuracy_diff"], "+.2f"), fmt(r["agreement"], ".2%"),
-            fmt(r["p50_ms_batch1"], ".3f"), best, status]  # fmt: skip
+    return [
+        r["artifact"],
+        r["format"],
+        r["quantization"],
+        size,
+        fmt(r["accuracy"], ".2%"),
+        fmt(r["accuracy_diff"], "+.2f"),
+        fmt(r["agreement"], ".2%"),
+        fmt(r["p50_ms_batch1"], ".3f"),
+        best,
+        status,
+    ]
 
 
 def render_markdown(report: dict) -> str:
@@ -95,7 +134,8 @@ def render_markdown(report: dict) -> str:
         f"Test accuracy {t['test_accuracy']:.2%} (best validation {t['best_val_accuracy']:.2%}) "
         f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
         f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
-        if t.get("test_accuracy") is not None else "Training figures unavailable.",
+        if t.get("test_accuracy") is not None
+        else "Training figures unavailable.",
         "",
         "![training curves](training.png)",
         "",
@@ -118,17 +158,20 @@ def render_markdown(report: dict) -> str:
 
 def render_html(report: dict, markdown: str) -> str:
     """A self-contained page: the table as HTML, the plots as images next to it."""
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
-                   for r in report["artifacts"])  # fmt: skip
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
+        for r in report["artifacts"]
+    )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     rec = report["recommendation"]
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Deployment report: {html.escape(str(report['model']))}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
-</head><body><h1>Deployment report: {html.escape(str(report['model']))}</h1>
-<p><b>Smallest passing:</b> {html.escape(str(rec['smallest_passing']))} &middot;
-<b>Fastest passing:</b> {html.escape(str(rec['fastest_passing']))}</p>
+<title>Deployment report: {html.escape(str(report["model"]))}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left}}</style>
+</head><body><h1>Deployment report: {html.escape(str(report["model"]))}</h1>
+<p><b>Smallest passing:</b> {html.escape(str(rec["smallest_passing"]))} &middot;
+<b>Fastest passing:</b> {html.escape(str(rec["fastest_passing"]))}</p>
 <table><tr>{head}</tr>{rows}</table>
 <p><img src="training.png" width="900"></p><p><img src="latency.png" width="900"></p>
 <p><img src="accuracy.png" width="600"></p>
@@ -147,8 +190,11 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     plot_bench(bench_rows, run_dir / "latency.png")
     plot_accuracy_png(_load(run_dir / "parity.json"), run_dir / "accuracy.png")
     markdown = render_markdown(report)
-    paths = {"json": run_dir / "report.json", "markdown": run_dir / "report.md",
-             "html": run_dir / "report.html"}  # fmt: skip
+    paths = {
+        "json": run_dir / "report.json",
+        "markdown": run_dir / "report.md",
+        "html": run_dir / "report.html",
+    }
     paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     paths["markdown"].write_text(markdown)
     paths["html"].write_text(render_html(report, markdown))

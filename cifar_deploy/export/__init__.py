@@ -1,24 +1,31 @@
 """Export: SavedModel, TFLite (LiteRT) and ONNX (plus a Triton repository), one metadata contract.
 
-``export_model`` turns a trained ``.keras`` file into one or more artifacts, each with a JSON
-sidecar (see :mod:`.metadata`); formats come from one table (:func:`export_formats`).
+``export_model`` turns a trained ``.keras`` file into one artifact per target, each with a JSON
+sidecar (see :mod:`.metadata`); formats come from one table (:func:`export_formats`). Options are
+checked against every target before any conversion; each target then becomes one row, failed or
+not, and the caller decides what a failed row means.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import CifarDeployError, InvalidOptionError
+from ..errors import ArtifactExistsError, CifarDeployError
 from .base import (
     Artifact,
     ExportFormat,
     ExportOptions,
+    Target,
+    check_options,
+    every_quantization,
     export_formats,
+    export_targets,
+    failed_artifact,
     get_format,
-    resolve_quantization,
     run_export,
+    target_path,
 )
 from .metadata import Metadata, read_sidecar, sidecar_path
 from .source import ExportSource, find_latest_checkpoint
@@ -26,58 +33,73 @@ from .source import ExportSource, find_latest_checkpoint
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Artifact", "ExportFormat", "ExportOptions", "Metadata", "export_formats", "export_model",
-    "export_targets", "find_latest_checkpoint", "read_sidecar", "sidecar_path",
-]  # fmt: skip
-
-
-def export_targets(format_name: str, quantization: str | None) -> list[tuple[ExportFormat, str]]:
-    """(format, quantization) pairs for ``--format`` / ``--quantize``; checked before any work."""
-    if format_name == "all":
-        if quantization is not None:
-            raise InvalidOptionError(
-                f"--format all exports every quantization; received --quantize {quantization}",
-                hint="drop --quantize, or name one --format",
-            )
-        return [(f, q) for f in export_formats() for q in f.quantizations]
-    fmt = get_format(format_name)
-    return [(fmt, resolve_quantization(fmt, quantization))]
+    "Artifact",
+    "ExportFormat",
+    "ExportOptions",
+    "Metadata",
+    "check_options",
+    "every_quantization",
+    "export_formats",
+    "export_model",
+    "export_targets",
+    "find_latest_checkpoint",
+    "get_format",
+    "read_sidecar",
+    "sidecar_path",
+]
 
 
 def default_out_dir(model_name: str) -> Path:
     return Path("exports") / model_name
 
 
+def _refuse_existing(targets: Sequence[Target], model_name: str, out: Path) -> None:
+    existing = [
+        path
+        for fmt, q in targets
+        if (path := target_path(fmt, model_name, q, out)).exists() or sidecar_path(path).exists()
+    ]
+    if existing:
+        names = ", ".join(str(p) for p in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ArtifactExistsError(
+            f"{names} {verb}; not overwriting", hint="pass --force to replace"
+        )
+
+
 def export_model(
     model_path: Path,
-    format_name: str,
+    targets: str | Sequence[Target],
     options: ExportOptions | None = None,
     out_dir: Path | None = None,
     on_start: Callable[[ExportFormat, str], None] | None = None,
     on_done: Callable[[Artifact], None] | None = None,
 ) -> list[Artifact]:
-    """Export ``model_path`` to every target of ``format_name``.
+    """Export ``model_path`` to every target: a format name (with ``options.quantization``, or
+    "all") or a list of (format, quantization) pairs. One row per target, in order.
 
-    A single format raises its error; ``all`` records a failed row and continues.
+    Bad input raises before any conversion: unknown formats, options out of range or applying
+    to no target, an unloadable model, existing artifacts without ``force``. A target whose
+    conversion fails becomes a "failed" row and the others go on; Ctrl-C stops everything.
     """
     options = options or ExportOptions()
-    targets = export_targets(format_name, options.quantization)
+    if isinstance(targets, str):
+        targets = export_targets(targets, options.quantization)
+    for note in check_options(list(targets), options):
+        log.warning(note)
     artifacts: list[Artifact] = []
     with ExportSource(Path(model_path)) as source:
-        source.model  # load (and validate) once, before any format starts
+        _ = source.model  # load (and validate) once, before any format starts
         out = Path(out_dir) if out_dir else default_out_dir(source.model_name)
+        if not options.force:
+            _refuse_existing(targets, source.model_name, out)
         for fmt, quantization in targets:
             if on_start:
                 on_start(fmt, quantization)
-            opts = ExportOptions(**{**vars(options), "quantization": quantization})
             try:
-                artifact = run_export(fmt, source, out, opts)
+                artifact = run_export(fmt, source, out, options, quantization)
             except CifarDeployError as exc:
-                if len(targets) == 1:
-                    raise
-                artifact = Artifact(format=fmt.name, quantization=quantization, path=None,
-                                    sidecar=None, size_bytes=0, seconds=0.0, status="failed",
-                                    error=exc.message)  # fmt: skip
+                artifact = failed_artifact(fmt, quantization, exc)
                 log.debug("%s (%s) failed: %s", fmt.name, quantization, exc.message)
             artifacts.append(artifact)
             if on_done:

@@ -1,10 +1,11 @@
 """The export contract: one table of formats, one options record, one wrapper.
 
-Every format function has the same signature, ``fn(source, staging_dir, options) -> Produced``,
-and writes only inside ``staging_dir``. :func:`run_export` does everything else once: option
-checks, timing, the non-empty check, the metadata sidecar, the atomic move into place, and turning
-any failure (Ctrl-C included) into one :class:`ExportError` that names the format, with nothing
-left behind.
+Every format function has the same signature, ``fn(source, staging_dir, options, quantization)
+-> Produced``, and writes only inside ``staging_dir``. A format declares the options it reads
+(:class:`FormatOption`), so :func:`check_options` validates every option once, before any
+conversion. :func:`run_export` does everything else once: timing, the non-empty check, the
+metadata sidecar, the atomic move into place, and turning any failure (Ctrl-C included) into one
+:class:`ExportError` that names the format, with nothing left behind.
 """
 
 from __future__ import annotations
@@ -17,32 +18,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ArtifactExistsError, CifarDeployError, ExportError, InvalidOptionError
-from ..errors import one_line, unknown_name
-from .metadata import (
-    Metadata,
-    TensorSpec,
-    file_record,
-    library_versions,
-    now_iso,
-    sidecar_path,
-)
+from ..contract import library_versions
+from ..errors import CifarDeployError, ExportError, InvalidOptionError, one_line, unknown_name
+from .metadata import Metadata, TensorSpec, file_record, now_iso, sidecar_path
 from .source import ExportSource
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-IO_TYPES = ("uint8", "int8", "float32")
+IO_TYPES = ("uint8", "int8", "float32")  # TFLite int8: the input tensor's dtype
+DEFAULT_IO_TYPE = "uint8"  # camera pixels go in untouched
+DEFAULT_OPSET = 18
+MIN_OPSET, MAX_OPSET = 13, 18  # what tf2onnx 1.16+ converts to
+DEFAULT_MAX_BATCH_SIZE = 64  # Triton: largest dynamic batch
+DEFAULT_CALIBRATION_SAMPLES = 500  # training images for int8 calibration
 
 
 @dataclass
 class ExportOptions:
+    """What an export may be told. ``None`` means "the format's default"; an option a user set
+    (not None) must apply to at least one target (:func:`check_options`)."""
+
     quantization: str | None = None  # None: the format's default
-    io_type: str = "uint8"  # TFLite int8: input dtype (camera pixels go in untouched as uint8)
-    calibration_samples: int = 500  # training images for int8 calibration
+    io_type: str | None = None  # TFLite int8 input dtype (default uint8)
+    calibration_samples: int | None = None  # int8: training images (default 500)
     seed: int = 42  # calibration sample seed
-    data_dir: str | None = None
-    opset: int = 18  # ONNX opset
+    data_dir: Path | None = None  # CIFAR-10 for calibration
+    opset: int | None = None  # ONNX opset (default 18)
     force: bool = False  # overwrite existing artifacts
-    max_batch_size: int = 64  # Triton: largest dynamic batch
+    max_batch_size: int | None = None  # Triton: largest dynamic batch (default 64)
     calibration_images: object = None  # uint8 NHWC array; None: drawn from the training split
 
 
@@ -59,7 +60,8 @@ class Produced:
 
 @dataclass
 class Artifact:
-    """The record of one export: where, what, how big, how long, and its metadata."""
+    """The record of one export: where, what, how big, how long, and its metadata. A failed
+    export is a row too: ``status`` "failed", ``error`` its one line, ``exception`` the error."""
 
     format: str
     quantization: str
@@ -70,6 +72,7 @@ class Artifact:
     status: str  # "ok" or "failed"
     error: str | None = None
     metadata: Metadata | None = None
+    exception: CifarDeployError | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +88,21 @@ class Artifact:
         }
 
 
+def _always(quantization: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class FormatOption:
+    """An :class:`ExportOptions` field a format reads, for which quantizations, and its range."""
+
+    field: str  # attribute of ExportOptions
+    flag: str  # the CLI spelling, for messages
+    applies: Callable[[str], bool] = _always  # quantization -> does the option mean anything
+    expected: str = ""  # what a valid value is, for messages
+    valid: Callable[[object], bool] = lambda value: True
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     name: str
@@ -93,7 +111,19 @@ class ExportFormat:
     target: Callable[[str, str], str]  # (model_name, quantization) -> artifact name in out_dir
     fn: Callable[[ExportSource, Path, ExportOptions, str], Produced]
     description: str
+    options: tuple[FormatOption, ...] = ()  # the options it reads beyond quantization
 
+
+# Options every int8 quantization reads, whatever the format.
+CALIBRATION_SAMPLES = FormatOption(
+    "calibration_samples",
+    "--calibration-samples",
+    applies=lambda q: q == "int8",
+    expected="at least 1",
+    valid=lambda v: v >= 1,
+)
+
+Target = tuple[ExportFormat, str]  # (format, quantization)
 
 _FORMATS: dict[str, ExportFormat] = {}
 
@@ -127,6 +157,70 @@ def resolve_quantization(fmt: ExportFormat, quantization: str | None) -> str:
     return q
 
 
+def export_targets(format_name: str, quantization: str | None = None) -> list[Target]:
+    """(format, quantization) pairs for ``--format`` / ``--quantize``; checked before any work."""
+    if format_name == "all":
+        if quantization is not None:
+            raise InvalidOptionError(
+                f"--format all exports every quantization; received --quantize {quantization}",
+                hint="drop --quantize, or name one --format",
+            )
+        return [(f, q) for f in export_formats() for q in f.quantizations]
+    fmt = get_format(format_name)
+    return [(fmt, resolve_quantization(fmt, quantization))]
+
+
+def every_quantization(format_names: list[str]) -> list[Target]:
+    """Every quantization of each named format ("all": every format)."""
+    formats = export_formats() if "all" in format_names else [get_format(n) for n in format_names]
+    return [(fmt, q) for fmt in formats for q in fmt.quantizations]
+
+
+def _describe(targets: list[Target]) -> str:
+    return ", ".join(f"{fmt.name} ({q})" for fmt, q in targets)
+
+
+def check_options(targets: list[Target], options: ExportOptions) -> list[str]:
+    """Validate every option that was set against the targets, before any conversion.
+
+    Raises for a value out of range, or an option that none of the targets reads; returns notes
+    for options that apply to some of the targets only (said once, up front)."""
+    declared: dict[str, list[tuple[FormatOption, Target]]] = {}
+    for target in targets:
+        fmt, q = target
+        for option in (*fmt.options, CALIBRATION_SAMPLES):
+            declared.setdefault(option.field, []).append((option, target))
+    every_field = {o.field: o for f in export_formats() for o in (*f.options, CALIBRATION_SAMPLES)}
+    notes = []
+    for name, option in every_field.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        if not option.valid(value):
+            raise InvalidOptionError(
+                f"{option.flag} {value} is not supported; expected {option.expected}"
+            )
+        users = [t for o, t in declared.get(name, []) if o.applies(t[1])]
+        if not users:
+            raise InvalidOptionError(
+                f"{option.flag} does not apply to {_describe(targets)}",
+                hint=f"it applies to: {_applies_to(name)}",
+            )
+        if len(users) < len(targets):
+            notes.append(f"{option.flag} {value} applies to {_describe(users)} only")
+    return notes
+
+
+def _applies_to(field_name: str) -> str:
+    return ", ".join(
+        f"{f.name} ({q})"
+        for f in export_formats()
+        for q in f.quantizations
+        for o in (*f.options, CALIBRATION_SAMPLES)
+        if o.field == field_name and o.applies(q)
+    )
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -134,18 +228,21 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def target_path(fmt: ExportFormat, model_name: str, quantization: str, out_dir: Path) -> Path:
+    return Path(out_dir) / fmt.target(model_name, quantization)
+
+
 def run_export(
-    fmt: ExportFormat, source: ExportSource, out_dir: Path, options: ExportOptions
+    fmt: ExportFormat,
+    source: ExportSource,
+    out_dir: Path,
+    options: ExportOptions,
+    quantization: str,
 ) -> Artifact:
     """Export one format/quantization atomically; raises typed errors, leaves nothing partial."""
-    quantization = resolve_quantization(fmt, options.quantization)
     out_dir = Path(out_dir)
-    target = out_dir / fmt.target(source.model_name, quantization)
+    target = target_path(fmt, source.model_name, quantization, out_dir)
     sidecar = sidecar_path(target)
-    if (target.exists() or sidecar.exists()) and not options.force:
-        raise ArtifactExistsError(
-            f"{target} exists; not overwriting it", hint="pass --force to replace it"
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
     started = time.perf_counter()
@@ -201,9 +298,15 @@ def run_export(
     )
 
 
-def float_input() -> TensorSpec:
-    return TensorSpec(name="images", shape=[None, 32, 32, 3], dtype="float32")
-
-
-def prob_output(dtype: str = "float32") -> TensorSpec:
-    return TensorSpec(name="probabilities", shape=[None, 10], dtype=dtype)
+def failed_artifact(fmt: ExportFormat, quantization: str, exc: CifarDeployError) -> Artifact:
+    return Artifact(
+        format=fmt.name,
+        quantization=quantization,
+        path=None,
+        sidecar=None,
+        size_bytes=0,
+        seconds=0.0,
+        status="failed",
+        error=exc.message,
+        exception=exc,
+    )

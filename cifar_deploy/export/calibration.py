@@ -4,15 +4,17 @@ training split (never test images), raw uint8 pixels exactly as inference receiv
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from ..data import load_cifar10, stratified_indices
 from ..errors import DataNotFoundError
+from .base import DEFAULT_CALIBRATION_SAMPLES
 
 
 @lru_cache(maxsize=4)
-def _sample(data_dir: str | None, count: int, seed: int) -> np.ndarray:
+def _sample(data_dir: Path | None, count: int, seed: int) -> np.ndarray:
     try:
         data = load_cifar10(data_dir)
     except DataNotFoundError as exc:
@@ -32,7 +34,8 @@ def calibration_sample(options) -> tuple[np.ndarray, dict]:
         images = np.asarray(options.calibration_images, dtype=np.uint8)
         source = "given"
     else:
-        images = _sample(options.data_dir, options.calibration_samples, options.seed)
+        count = options.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
+        images = _sample(options.data_dir, count, options.seed)
         source = "train split, class-stratified"
     record = {"samples": int(len(images)), "seed": options.seed, "source": source}
     return images, record

@@ -10,23 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
-from ..data import CLASS_NAMES
+from ..contract import (
+    CLASS_NAMES,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    PREPROCESSING,
+    batch_shape,
+)
 from ..errors import DataFormatError
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-PREPROCESSING = (
-    "raw RGB pixels 0..255 in NHWC layout (N, 32, 32, 3); resize images to 32x32 RGB first; "
-    "normalization happens inside the model"
-)
 
 
 @dataclass
@@ -62,9 +61,14 @@ class Metadata:
     created_at: str = ""
     extra: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # False for a record built from the file alone (a .keras model, or an artifact without a
+    # sidecar): then the file's own tensors, not this record, say what the input takes.
+    from_sidecar: bool = field(default=True, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        del data["from_sidecar"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Metadata:
@@ -73,7 +77,24 @@ class Metadata:
         data["output"] = TensorSpec(**data["output"])
         data["artifact"] = FileRecord(**data["artifact"])
         data["source"] = FileRecord(**data["source"]) if data.get("source") else None
+        data.pop("from_sidecar", None)
         return cls(**data)
+
+    @classmethod
+    def bare(cls, path: Path, kind: str) -> Metadata:
+        """The record of a file without a sidecar: the contract's tensors and labels, the file's
+        own hash and size, no source model."""
+        path = Path(path)
+        return cls(
+            model_name=path.stem,
+            format=kind,
+            quantization="none",
+            input=float_input(),
+            output=prob_output(),
+            artifact=file_record(path),
+            source=None,
+            from_sidecar=False,
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -102,19 +123,6 @@ def file_record(path: Path, relative_to: Path | None = None) -> FileRecord:
     return FileRecord(path=shown, sha256=sha256_of(path), size_bytes=size_of(path))
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {"cifar_deploy": __version__, "python": platform.python_version()}
-    for dist in ("tensorflow", "keras", "numpy", "tf2onnx", "onnx", "onnxruntime-gpu",
-                 "onnxruntime", "ai-edge-litert"):  # fmt: skip
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -138,3 +146,13 @@ def read_sidecar(artifact: Path) -> Metadata:
         raise DataFormatError(f"{artifact}: no metadata sidecar; expected {path}") from None
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise DataFormatError(f"{path}: not a cifar-deploy metadata record ({exc})") from None
+
+
+def float_input() -> TensorSpec:
+    """The contract's input: float32 raw pixels, dynamic batch."""
+    return TensorSpec(name=INPUT_NAME, shape=batch_shape(None), dtype="float32")
+
+
+def prob_output(dtype: str = "float32") -> TensorSpec:
+    """The contract's output: class probabilities, dynamic batch."""
+    return TensorSpec(name=OUTPUT_NAME, shape=[None, NUM_CLASSES], dtype=dtype)

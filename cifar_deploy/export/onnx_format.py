@@ -14,13 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import CLASS_NAMES
-from .base import ExportFormat, ExportOptions, Produced, float_input, prob_output, register_format
+from ..contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from .base import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    ExportFormat,
+    ExportOptions,
+    FormatOption,
+    Produced,
+    register_format,
+)
 from .calibration import calibration_sample
-from .metadata import INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from .metadata import float_input, prob_output
 from .source import ExportSource
 
-MIN_OPSET, MAX_OPSET = 13, 18  # what tf2onnx 1.16+ converts to
+OPSET = FormatOption(
+    "opset",
+    "--opset",
+    expected=f"{MIN_OPSET}..{MAX_OPSET}",
+    valid=lambda v: MIN_OPSET <= v <= MAX_OPSET,
+)
 
 
 def _rename_tensor(graph, old: str, new: str) -> None:
@@ -85,8 +99,10 @@ class _CalibrationReader:
 
     def __init__(self, images: np.ndarray, batch: int = 32):
         self._batches = iter(
-            [{INPUT_NAME: images[i : i + batch].astype(np.float32)}
-             for i in range(0, len(images), batch)]  # fmt: skip
+            [
+                {INPUT_NAME: images[i : i + batch].astype(np.float32)}
+                for i in range(0, len(images), batch)
+            ]
         )
 
     def get_next(self):
@@ -105,10 +121,15 @@ def _quantize_int8(float_path: Path, out_path: Path, options: ExportOptions) -> 
     # 1/255 and no longer sum to one.
     softmax = [n.name for n in onnx.load(prepared).graph.node if n.op_type == "Softmax"]
     quantize_static(
-        str(prepared), str(out_path), _CalibrationReader(images),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=softmax,
-    )  # fmt: skip
+        str(prepared),
+        str(out_path),
+        _CalibrationReader(images),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=softmax,
+    )
     return record
 
 
@@ -117,13 +138,8 @@ def export_onnx(
 ) -> Produced:
     import onnx
 
-    from ..errors import InvalidOptionError
-
-    if not MIN_OPSET <= options.opset <= MAX_OPSET:
-        raise InvalidOptionError(
-            f"--opset {options.opset} is not supported; expected {MIN_OPSET}..{MAX_OPSET}"
-        )
-    model = convert_float(source, options.opset)
+    opset = options.opset or DEFAULT_OPSET
+    model = convert_float(source, opset)
     path = staging / f"{source.model_name}.onnx"
     calibration = None
     if quantization == "float16":
@@ -144,7 +160,7 @@ def export_onnx(
         input=float_input(),
         output=prob_output(),
         calibration=calibration,
-        extra={"opset": options.opset},
+        extra={"opset": opset},
     )
 
 
@@ -156,5 +172,6 @@ register_format(
         target=lambda model, q: f"{model}_{'float32' if q == 'none' else q}.onnx",
         fn=export_onnx,
         description="ONNX (tf2onnx from_function), dynamic batch; int8 = static QDQ",
+        options=(OPSET,),
     )
 )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ExportFormat, ExportOptions, Produced, float_input, prob_output, register_format
+from .base import ExportFormat, ExportOptions, Produced, register_format
+from .metadata import float_input, prob_output
 from .source import ExportSource
 
 VERSION = 1  # TF Serving loads the highest numeric version directory
@@ -24,8 +25,11 @@ def export_savedmodel(
         path=repo,
         input=float_input(),
         output=prob_output(),
-        extra={"signature": "serving_default", "tf_serving_model_base_path":
-               f"savedmodel/{source.model_name}", "version": VERSION},  # fmt: skip
+        extra={
+            "signature": "serving_default",
+            "tf_serving_model_base_path": f"savedmodel/{source.model_name}",
+            "version": VERSION,
+        },
     )
 
 

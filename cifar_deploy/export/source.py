@@ -16,8 +16,9 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import _tf
+from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
 from ..errors import InvalidModelError, one_line
-from .metadata import INPUT_NAME, OUTPUT_NAME, FileRecord, file_record
+from .metadata import FileRecord, file_record
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ExportSource:
     @cached_property
     def model(self):
         model = load_keras_model(self.path)
-        if tuple(model.input_shape[1:]) != (32, 32, 3) or model.output_shape[-1:] != (10,):
+        if tuple(model.input_shape[1:]) != INPUT_SHAPE or model.output_shape[-1:] != (NUM_CLASSES,):
             raise InvalidModelError(
                 f"{self.path}: expected a model from (N, 32, 32, 3) images to 10 probabilities, "
                 f"received {model.input_shape} -> {model.output_shape}"
@@ -97,7 +98,7 @@ class ExportSource:
         tf = _tf.tf()
         model = self.model
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, INPUT_NAME)])
+        @tf.function(input_signature=[tf.TensorSpec(batch_shape(None), tf.float32, INPUT_NAME)])
         def serve(images):
             return {OUTPUT_NAME: model(images, training=False)}
 

@@ -13,10 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..errors import InvalidOptionError
-from .base import IO_TYPES, ExportFormat, ExportOptions, Produced, prob_output, register_format
+from ..contract import INPUT_NAME
+from .base import (
+    DEFAULT_IO_TYPE,
+    IO_TYPES,
+    ExportFormat,
+    ExportOptions,
+    FormatOption,
+    Produced,
+    register_format,
+)
 from .calibration import calibration_sample
-from .metadata import INPUT_NAME, TensorSpec
+from .metadata import TensorSpec, prob_output
 from .source import ExportSource
 
 
@@ -26,22 +34,15 @@ def _tensor_spec(detail: dict, name: str) -> TensorSpec:
     shape = [None, *[int(d) for d in detail["shape"][1:]]]
     if dtype == "float32" or not scale:
         return TensorSpec(name=name, shape=shape, dtype=dtype)
-    return TensorSpec(name=name, shape=shape, dtype=dtype, scale=float(scale),
-                      zero_point=int(zero_point))  # fmt: skip
+    return TensorSpec(
+        name=name, shape=shape, dtype=dtype, scale=float(scale), zero_point=int(zero_point)
+    )
 
 
 def export_tflite(
     source: ExportSource, staging: Path, options: ExportOptions, quantization: str
 ) -> Produced:
     tf = _tf.tf()
-    if options.io_type not in IO_TYPES:
-        raise InvalidOptionError(
-            f"--io-type {options.io_type!r} is not valid; expected one of: {', '.join(IO_TYPES)}"
-        )
-    if options.io_type != "uint8" and quantization != "int8":
-        raise InvalidOptionError(
-            f"--io-type applies to --quantize int8 only; received --quantize {quantization}"
-        )
     converter = tf.lite.TFLiteConverter.from_saved_model(str(source.savedmodel_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     calibration = None
@@ -58,8 +59,12 @@ def export_tflite(
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = {"uint8": tf.uint8, "int8": tf.int8,
-                                          "float32": tf.float32}[options.io_type]  # fmt: skip
+        io_type = options.io_type or DEFAULT_IO_TYPE
+        converter.inference_input_type = {
+            "uint8": tf.uint8,
+            "int8": tf.int8,
+            "float32": tf.float32,
+        }[io_type]
         converter.inference_output_type = tf.float32
     with _tf.quiet_native():  # the converter prints its quantization settings
         flatbuffer = converter.convert()
@@ -77,8 +82,11 @@ def export_tflite(
         input=_tensor_spec(inp, INPUT_NAME),
         output=prob_output(np.dtype(out["dtype"]).name),
         calibration=calibration,
-        extra={"tflite_input_tensor": inp["name"], "tflite_output_tensor": out["name"],
-               "signature": "serving_default"},  # fmt: skip
+        extra={
+            "tflite_input_tensor": inp["name"],
+            "tflite_output_tensor": out["name"],
+            "signature": "serving_default",
+        },
     )
 
 
@@ -90,5 +98,14 @@ register_format(
         target=lambda model, q: f"{model}_{'float32' if q == 'none' else q}.tflite",
         fn=export_tflite,
         description="LiteRT flatbuffer for mobile; int8 default with uint8 input",
+        options=(
+            FormatOption(
+                "io_type",
+                "--io-type",
+                applies=lambda q: q == "int8",
+                expected=f"one of: {', '.join(IO_TYPES)}",
+                valid=lambda v: v in IO_TYPES,
+            ),
+        ),
     )
 )

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import onnx
 
-from .base import ExportFormat, ExportOptions, Produced, float_input, prob_output, register_format
-from .metadata import INPUT_NAME, OUTPUT_NAME
-from .onnx_format import export_onnx
+from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from .base import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_OPSET,
+    ExportFormat,
+    ExportOptions,
+    FormatOption,
+    Produced,
+    register_format,
+)
+from .metadata import float_input, prob_output
+from .onnx_format import OPSET, export_onnx
 from .source import ExportSource
 
 CONFIG_TEMPLATE = """\
@@ -23,14 +32,14 @@ input [
   {{
     name: "{input}"
     data_type: TYPE_FP32
-    dims: [ 32, 32, 3 ]
+    dims: [ {input_dims} ]
   }}
 ]
 output [
   {{
     name: "{output}"
     data_type: TYPE_FP32
-    dims: [ 10 ]
+    dims: [ {classes} ]
   }}
 ]
 dynamic_batching {{
@@ -49,18 +58,21 @@ instance_group [
 def config_pbtxt(name: str, max_batch_size: int, delay_us: int = 2000) -> str:
     preferred = sorted({b for b in (8, 32, max_batch_size) if b <= max_batch_size})
     return CONFIG_TEMPLATE.format(
-        name=name, max_batch_size=max_batch_size, input=INPUT_NAME, output=OUTPUT_NAME,
-        preferred=", ".join(map(str, preferred)), delay_us=delay_us,
-    )  # fmt: skip
+        name=name,
+        max_batch_size=max_batch_size,
+        input=INPUT_NAME,
+        output=OUTPUT_NAME,
+        input_dims=", ".join(map(str, INPUT_SHAPE)),
+        classes=NUM_CLASSES,
+        preferred=", ".join(map(str, preferred)),
+        delay_us=delay_us,
+    )
 
 
 def export_triton(
     source: ExportSource, staging: Path, options: ExportOptions, quantization: str
 ) -> Produced:
-    from ..errors import InvalidOptionError
-
-    if options.max_batch_size < 1:
-        raise InvalidOptionError(f"max batch size must be >= 1, received {options.max_batch_size}")
+    max_batch_size = options.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     inner = export_onnx(source, staging, options, "none")
     repo = staging / "triton"
     version_dir = repo / source.model_name / "1"
@@ -68,14 +80,18 @@ def export_triton(
     inner.path.rename(version_dir / "model.onnx")
     onnx.checker.check_model(str(version_dir / "model.onnx"))
     (repo / source.model_name / "config.pbtxt").write_text(
-        config_pbtxt(source.model_name, options.max_batch_size)
+        config_pbtxt(source.model_name, max_batch_size)
     )
     return Produced(
         path=repo,
         input=float_input(),
         output=prob_output(),
-        extra={"triton_model": source.model_name, "max_batch_size": options.max_batch_size,
-               "platform": "onnxruntime_onnx", "opset": options.opset},  # fmt: skip
+        extra={
+            "triton_model": source.model_name,
+            "max_batch_size": max_batch_size,
+            "platform": "onnxruntime_onnx",
+            "opset": options.opset or DEFAULT_OPSET,
+        },
     )
 
 
@@ -87,5 +103,14 @@ register_format(
         target=lambda model, q: "triton",
         fn=export_triton,
         description="Triton/KServe model repository (ONNX Runtime backend, dynamic batching)",
+        options=(
+            OPSET,
+            FormatOption(
+                "max_batch_size",
+                "--max-batch-size",
+                expected="at least 1",
+                valid=lambda v: v >= 1,
+            ),
+        ),
     )
 )

@@ -77,8 +77,11 @@ class DynamicBatcher:
         while rows < self.max_batch_size:
             timeout = deadline - asyncio.get_running_loop().time()
             try:
-                item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
-                    self._queue.get(), timeout)  # fmt: skip
+                item = (
+                    self._queue.get_nowait()
+                    if timeout <= 0
+                    else await asyncio.wait_for(self._queue.get(), timeout)
+                )
             except (asyncio.TimeoutError, asyncio.QueueEmpty):
                 break
             if rows + len(item.images) > self.max_batch_size:

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
+from ..contract import batch_shape, library_versions
 from ..errors import CifarDeployError, InvalidOptionError, one_line
 from ..export.metadata import Metadata
-from .parity import collect_artifacts
-from .runtimes import DEVICES, load_metadata, load_predictor
+from .artifacts import collect_artifacts, load_metadata, resolve_reference
+from .runtimes import DEVICES, PREDICTORS, load_predictor
 
 POOL = 4  # distinct input batches cycled through the timed runs
 
@@ -117,8 +118,13 @@ class PeakRss:
         return round(max(self.peak - self.before, 0.0), 1)
 
 
-def time_runs(fn: Callable[[np.ndarray], object], pool: Sequence[np.ndarray], warmup: int,
-              min_time: float, min_runs: int) -> np.ndarray:  # fmt: skip
+def time_runs(
+    fn: Callable[[np.ndarray], object],
+    pool: Sequence[np.ndarray],
+    warmup: int,
+    min_time: float,
+    min_runs: int,
+) -> np.ndarray:
     """Per-run latencies in milliseconds (monotonic ns clock), after ``warmup`` untimed runs."""
     for i in range(warmup):
         fn(pool[i % len(pool)])
@@ -144,7 +150,8 @@ def fill_timing(row: BenchRow, latencies: np.ndarray) -> BenchRow:
 
 def input_pool(batch_size: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed + batch_size)
-    return [rng.integers(0, 256, size=(batch_size, 32, 32, 3), dtype=np.uint8) for _ in range(POOL)]
+    shape = batch_shape(batch_size)
+    return [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(POOL)]
 
 
 def has_gpu() -> bool:
@@ -157,34 +164,44 @@ def _cells(predict: Callable, base: BenchRow, config: BenchConfig) -> list[Bench
         row = dataclasses.replace(base, batch_size=batch)
         try:
             pool = input_pool(batch)
-            fill_timing(row, time_runs(predict, pool, config.warmup, config.min_time,
-                                       config.min_runs))  # fmt: skip
+            fill_timing(
+                row, time_runs(predict, pool, config.warmup, config.min_time, config.min_runs)
+            )
         except Exception as exc:  # one failing cell is a row, never an aborted sweep
             row.status, row.reason = "failed", one_line(exc, with_type=True)
         rows.append(row)
     return rows
 
 
-def _metadata_or_none(path: Path) -> Metadata | None:
-    """The sidecar for a row's labels; a broken one is reported by the load that follows."""
-    try:
-        return load_metadata(path)
-    except CifarDeployError:
-        return None
+def _failed(base: BenchRow, config: BenchConfig, status: str, reason: str, runtimes=(None,)):
+    """One row per batch size (and runtime) for a cell set that cannot run."""
+    return [
+        dataclasses.replace(
+            base, runtime=r or base.runtime, batch_size=b, status=status, reason=reason
+        )
+        for r in runtimes
+        for b in config.batch_sizes
+    ]
 
 
-def bench_artifact(path: Path, device: str, threads: int | None, config: BenchConfig,
-                   meta: Metadata | None = None) -> list[BenchRow]:  # fmt: skip
-    """All batch sizes of one artifact on one device with one thread count (``meta``: its sidecar,
-    when the caller has read it already)."""
-    meta = meta if meta is not None else _metadata_or_none(path)
-    base = BenchRow(artifact=Path(path).name, format=meta.format if meta else Path(path).suffix[1:],
-                    quantization=meta.quantization if meta else "none", runtime="predictor",
-                    provider="", device=device, batch_size=0, threads=threads,
-                    size_bytes=meta.artifact.size_bytes if meta else None)  # fmt: skip
+def bench_artifact(
+    path: Path, device: str, threads: int | None, config: BenchConfig, meta: Metadata
+) -> list[BenchRow]:
+    """All batch sizes of one artifact on one device with one thread count (``meta``: its
+    record, read and hash-checked by the caller)."""
+    base = BenchRow(
+        artifact=Path(path).name,
+        format=meta.format,
+        quantization=meta.quantization,
+        runtime="predictor",
+        provider="",
+        device=device,
+        batch_size=0,
+        threads=threads,
+        size_bytes=meta.artifact.size_bytes,
+    )
     if device == "gpu" and not has_gpu():
-        return [dataclasses.replace(base, batch_size=b, status="skipped", reason="no GPU")
-                for b in config.batch_sizes]  # fmt: skip
+        return _failed(base, config, "skipped", "no GPU")
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
@@ -195,8 +212,7 @@ def bench_artifact(path: Path, device: str, threads: int | None, config: BenchCo
             predictor.predict(input_pool(1)[0])
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
-            return [dataclasses.replace(base, batch_size=b, status="failed", reason=one_line(exc, with_type=True))
-                    for b in config.batch_sizes]  # fmt: skip
+            return _failed(base, config, "failed", one_line(exc, with_type=True))
         rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
     for row in rows:
         row.peak_rss_added_mb = rss.added_mb
@@ -214,12 +230,14 @@ def _io_binding_rows(predictor, base: BenchRow, config: BenchConfig) -> list[Ben
     for batch in config.batch_sizes:
         row = dataclasses.replace(base, runtime="io-binding", batch_size=batch)
         try:
-            pool = [ort.OrtValue.ortvalue_from_numpy(x.astype(np.float32), "cuda", 0)
-                    for x in input_pool(batch)]  # fmt: skip
+            pool = [
+                ort.OrtValue.ortvalue_from_numpy(x.astype(np.float32), "cuda", 0)
+                for x in input_pool(batch)
+            ]
             binding = session.io_binding()
             binding.bind_output("probabilities", "cuda")
 
-            def run(value):
+            def run(value, binding=binding):
                 binding.bind_ortvalue_input("images", value)
                 session.run_with_iobinding(binding)
 
@@ -232,13 +250,20 @@ def _io_binding_rows(predictor, base: BenchRow, config: BenchConfig) -> list[Ben
 
 def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> list[BenchRow]:
     """The two ways a Keras user runs the model: ``model.predict`` and a direct call."""
-    base = BenchRow(artifact=Path(reference).name, format="keras", quantization="none",
-                    runtime="", provider="", device=device, batch_size=0, threads=None,
-                    size_bytes=Path(reference).stat().st_size if Path(reference).exists() else None)  # fmt: skip
+    base = BenchRow(
+        artifact=Path(reference).name,
+        format="keras",
+        quantization="none",
+        runtime="",
+        provider="",
+        device=device,
+        batch_size=0,
+        threads=None,
+        size_bytes=Path(reference).stat().st_size if Path(reference).exists() else None,
+    )
+    runtimes = ("model.predict", "direct call")
     if device == "gpu" and not has_gpu():
-        return [dataclasses.replace(base, runtime=r, batch_size=b, status="skipped",
-                                    reason="no GPU")
-                for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
+        return _failed(base, config, "skipped", "no GPU", runtimes)
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
@@ -251,9 +276,7 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
             model(input_pool(1)[0].astype(np.float32), training=False)
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
-            return [dataclasses.replace(base, runtime=r, batch_size=b, status="failed",
-                                        reason=one_line(exc, with_type=True))
-                    for r in ("model.predict", "direct call") for b in config.batch_sizes]  # fmt: skip
+            return _failed(base, config, "failed", one_line(exc, with_type=True), runtimes)
 
         def via_predict(x):
             with tf.device(tf_device):
@@ -272,8 +295,11 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
 
 def add_speedups(rows: list[BenchRow]) -> None:
     """Each row's p50 speed-up over Keras ``model.predict`` on the same device and batch."""
-    base = {(r.device, r.batch_size): r.p50_ms for r in rows
-            if r.runtime == "model.predict" and r.status == "ok"}  # fmt: skip
+    base = {
+        (r.device, r.batch_size): r.p50_ms
+        for r in rows
+        if r.runtime == "model.predict" and r.status == "ok"
+    }
     for r in rows:
         ref = base.get((r.device, r.batch_size))
         if ref and r.status == "ok":
@@ -282,8 +308,6 @@ def add_speedups(rows: list[BenchRow]) -> None:
 
 def machine_info(config: BenchConfig) -> dict:
     tf = _tf.tf()
-    from ..export.metadata import library_versions
-
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -301,8 +325,9 @@ def machine_info(config: BenchConfig) -> dict:
         "threads": [t or os.cpu_count() for t in config.threads],
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
         "versions": library_versions(),
-        "config": {k: list(v) if isinstance(v, tuple) else v
-                   for k, v in dataclasses.asdict(config).items()},  # fmt: skip
+        "config": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+        },
     }
 
 
@@ -316,10 +341,15 @@ def benchmark(
     config = config or BenchConfig()
     config.validate()
     paths = collect_artifacts(artifacts)
-    metas = {p: _metadata_or_none(p) for p in paths}  # each sidecar read and hashed once
-    if config.baseline and reference is None:
-        sources = sorted({m.source.path for m in metas.values() if m and m.source})
-        reference = Path(sources[0]) if sources else None
+    metas: dict[Path, Metadata] = {}
+    broken: dict[Path, str] = {}  # a sidecar that cannot be used fails that artifact's rows only
+    for path in paths:  # each sidecar read and hashed once
+        try:
+            metas[path] = load_metadata(path)
+        except CifarDeployError as exc:
+            broken[path] = exc.message
+    if config.baseline:
+        reference = resolve_reference(metas, reference)
     rows: list[BenchRow] = []
     for device in config.devices:
         if config.baseline and reference is not None:
@@ -327,10 +357,15 @@ def benchmark(
                 on_progress(f"keras baseline ({device})")
             rows += bench_keras_baseline(reference, device, config)
         for path in paths:
-            # TensorFlow-run artifacts take no per-model thread count: one row set, threads None.
+            if path in broken:
+                kind = Path(path).suffix[1:] or "?"
+                base = BenchRow(Path(path).name, kind, "?", "predictor", "", device, 0, None)
+                rows += _failed(base, config, "failed", broken[path])
+                continue
             meta = metas[path]
-            uses_threads = Path(path).suffix != ".keras" and not (meta and meta.format == "savedmodel")
-            for threads in config.threads if uses_threads else (None,):
+            takes_threads = PREDICTORS[meta.format].takes_threads
+            # TensorFlow-run artifacts take no per-model thread count: one row set, threads None.
+            for threads in config.threads if takes_threads else (None,):
                 if on_progress:
                     on_progress(f"{Path(path).name} ({device}, {threads or 'all'} threads)")
                 rows += bench_artifact(path, device, threads, config, meta)

@@ -2,22 +2,23 @@
 
 Every predictor takes a batch of raw pixels ``(N, 32, 32, 3)`` (uint8, or float 0..255) and
 returns float32 probabilities ``(N, 10)``. Input dtypes and quantization come from the artifact's
-metadata sidecar; nothing re-derives them. ONNX Runtime gets explicit providers, and a GPU that is
-asked for but absent is an error, never a silent CPU fallback.
+metadata (its sidecar, or the file itself when it has none); nothing re-derives them. ONNX Runtime
+gets explicit providers, and a GPU that is asked for but absent is an error, never a silent CPU
+fallback.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import _tf
+from ..contract import INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
 from ..errors import DeviceUnavailableError, InvalidModelError, InvalidOptionError
-from ..export.metadata import Metadata, read_sidecar, sha256_of, sidecar_path
+from ..export.metadata import Metadata
+from .artifacts import load_metadata
 
 DEVICES = ("cpu", "gpu")
 
@@ -25,9 +26,10 @@ DEVICES = ("cpu", "gpu")
 def check_images(images) -> np.ndarray:
     """Validate a batch of raw pixels; returns it as an array (dtype kept)."""
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
         raise InvalidOptionError(
-            f"expected images of shape (N, 32, 32, 3), received {tuple(images.shape)}"
+            f"expected images of shape (N, {', '.join(map(str, INPUT_SHAPE))}), "
+            f"received {tuple(images.shape)}"
         )
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise InvalidOptionError(f"expected uint8 or float pixels, received {images.dtype}")
@@ -38,22 +40,13 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-@dataclass
-class PredictorInfo:
-    kind: str  # keras, savedmodel, tflite, onnx
-    path: Path
-    device: str  # cpu or gpu: where it actually runs
-    provider: str  # the runtime/provider actually used
-    threads: int | None
-    metadata: Metadata | None
-
-
 class Predictor:
     """Base class: ``predict(images) -> probabilities`` plus what runs it."""
 
     kind = "base"
+    takes_threads = False  # True: a per-model CPU thread count applies (LiteRT, ONNX Runtime)
 
-    def __init__(self, path: Path, metadata: Metadata | None, device: str, threads: int | None):
+    def __init__(self, path: Path, metadata: Metadata, device: str, threads: int | None):
         self.path = Path(path)
         self.metadata = metadata
         self.device = device
@@ -61,14 +54,13 @@ class Predictor:
         self.provider = ""
 
     @property
-    def info(self) -> PredictorInfo:
-        return PredictorInfo(self.kind, self.path, self.device, self.provider, self.threads,
-                             self.metadata)  # fmt: skip
+    def class_names(self) -> list[str]:
+        return list(self.metadata.class_names)
 
     def predict(self, images, batch_size: int = 256) -> np.ndarray:
         images = check_images(images)
         if len(images) == 0:
-            return np.zeros((0, 10), np.float32)
+            return np.zeros((0, NUM_CLASSES), np.float32)
         if len(images) <= batch_size:  # the common case: one call, no concatenation
             return self._run(images).astype(np.float32, copy=False)
         parts = [self._run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -111,7 +103,7 @@ class SavedModelPredictor(Predictor):
         super().__init__(path, metadata, device, threads)
         tf = _tf.tf()
         self._device = _tf_device(device)
-        name = metadata.model_name if metadata else ""
+        name = metadata.model_name
         versions = sorted((self.path / name).glob("[0-9]*"), key=lambda p: int(p.name))
         if not versions:
             raise InvalidModelError(f"{self.path}: no {name}/<version>/ SavedModel inside")
@@ -125,7 +117,7 @@ class SavedModelPredictor(Predictor):
     def _run(self, batch):
         tf = _tf.tf()
         with tf.device(self._device):
-            return self._fn(images=tf.constant(batch, tf.float32))["probabilities"].numpy()
+            return self._fn(images=tf.constant(batch, tf.float32))[OUTPUT_NAME].numpy()
 
 
 class TFLitePredictor(Predictor):
@@ -133,6 +125,7 @@ class TFLitePredictor(Predictor):
     quantizes float input with the sidecar's scale and zero point."""
 
     kind = "tflite"
+    takes_threads = True
 
     def __init__(self, path, metadata, device="cpu", threads=None):
         super().__init__(path, metadata, device, threads or default_threads())
@@ -150,10 +143,10 @@ class TFLitePredictor(Predictor):
         self._dtype = np.dtype(self._in["dtype"])
         self._batch = None
         # Input quantization from the sidecar (the file's own parameters for a bare artifact).
-        spec = self.metadata.input if self.metadata else None
-        self._scale = spec.scale if spec and spec.scale else self._in["quantization"][0]
-        self._zero = (spec.zero_point if spec and spec.zero_point is not None
-                      else self._in["quantization"][1])  # fmt: skip
+        spec = self.metadata.input
+        file_scale, file_zero = self._in["quantization"]
+        self._scale = spec.scale if spec.scale else file_scale
+        self._zero = spec.zero_point if spec.zero_point is not None else file_zero
         self._identity = self._dtype == np.uint8 and self._scale == 1.0 and self._zero == 0
         self.provider = f"litert xnnpack ({self.threads} threads)"
 
@@ -168,7 +161,7 @@ class TFLitePredictor(Predictor):
 
     def _run(self, batch):
         if self._batch != len(batch):
-            self._it.resize_tensor_input(self._in["index"], [len(batch), 32, 32, 3])
+            self._it.resize_tensor_input(self._in["index"], batch_shape(len(batch)))
             with _tf.quiet_native():  # XNNPACK announces itself on the first allocation
                 self._it.allocate_tensors()
             self._batch = len(batch)
@@ -179,6 +172,7 @@ class TFLitePredictor(Predictor):
 
 class OnnxPredictor(Predictor):
     kind = "onnx"
+    takes_threads = True
 
     def __init__(self, path, metadata, device="cpu", threads=None):
         super().__init__(path, metadata, device, threads)
@@ -218,7 +212,7 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self._input: batch.astype(np.float32, copy=False)})[0]
 
 
-# Artifact kind -> predictor class; the kind comes from the file type and the sidecar's format.
+# Artifact kind -> predictor class; the kind is the sidecar's format (or the file's suffix).
 PREDICTORS: dict[str, type[Predictor]] = {
     "keras": KerasPredictor,
     "savedmodel": SavedModelPredictor,
@@ -226,47 +220,14 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "onnx": OnnxPredictor,
     "triton": OnnxPredictor,
 }
-_SUFFIX_KIND: dict[str, str] = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
 
 
-def artifact_kind(path: Path, metadata: Metadata | None) -> str:
-    if metadata is not None:
-        return metadata.format
-    kind = _SUFFIX_KIND.get(Path(path).suffix)
-    if kind is None:
-        raise InvalidModelError(
-            f"{path}: unknown artifact type; expected .keras, .tflite, .onnx, or an exported "
-            "savedmodel/ or triton/ directory with its .json sidecar"
-        )
-    return kind
-
-
-def load_metadata(path: Path, check_hash: bool = True) -> Metadata | None:
-    """The sidecar of ``path`` (None for a ``.keras`` file), its hash checked against the file."""
-    path = Path(path)
-    if not path.exists():
-        raise InvalidModelError(f"{path}: no such file or directory")
-    if path.suffix == ".keras":
-        return None
-    if not sidecar_path(path).exists():
-        artifact_kind(path, None)  # raises for types no predictor knows
-        return None  # a bare artifact still runs; its input spec comes from the file itself
-    metadata = read_sidecar(path)
-    if check_hash and sha256_of(path) != metadata.artifact.sha256:
-        raise InvalidModelError(
-            f"{path}: does not match its sidecar (sha256 {sha256_of(path)[:12]}..., sidecar "
-            f"says {metadata.artifact.sha256[:12]}...); re-export it"
-        )
-    return metadata
-
-
-def load_predictor(path: Path, device: str = "cpu", threads: int | None = None,
-                   metadata: Metadata | None = None) -> Predictor:  # fmt: skip
-    """The predictor for an artifact, from its file type and sidecar (``metadata``: the sidecar
-    already read and hash-checked by the caller with :func:`load_metadata`)."""
+def load_predictor(
+    path: Path, device: str = "cpu", threads: int | None = None, metadata: Metadata | None = None
+) -> Predictor:
+    """The predictor for an artifact (``metadata``: its record, when the caller has read and
+    hash-checked it already with :func:`load_metadata`)."""
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}; expected one of: cpu, gpu")
-    if metadata is None:
-        metadata = load_metadata(Path(path))
-    cls: Callable[..., Predictor] = PREDICTORS[artifact_kind(path, metadata)]
-    return cls(Path(path), metadata, device=device, threads=threads)
+    metadata = metadata if metadata is not None else load_metadata(Path(path))
+    return PREDICTORS[metadata.format](Path(path), metadata, device=device, threads=threads)

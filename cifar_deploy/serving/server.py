@@ -1,186 +1,75 @@
-"""An Open Inference Protocol (KServe V2) server with dynamic batching, on FastAPI + uvicorn.
+"""``cifar-deploy serve``: an Open Inference Protocol (KServe V2) server with dynamic batching, on
+FastAPI + uvicorn.
 
 REST endpoints: ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}``,
 ``/v2/models/{name}/ready``, ``/v2/models/{name}/infer`` (JSON tensors and the binary tensor data
 extension, as Triton speaks them), ``/v1/classify`` (an uploaded PNG/JPEG -> top-k labels) and
-``/metrics`` (Prometheus text). Every bad request gets a 4xx JSON error that says what was received
-and what is expected; the server keeps serving.
+``/metrics`` (Prometheus text). The protocol itself lives in :mod:`.protocol`, image decoding in
+:mod:`.images`; this module is the application around them. Every bad request gets a 4xx JSON
+error that says what was received and what is expected; an unexpected error is logged with its
+traceback and answered with a JSON 500, and the server keeps serving.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request  # module level: route annotations resolve from here
 
-from ..data import CLASS_NAMES
+from ..errors import RequestError
 from .batcher import DynamicBatcher
+from .images import decode_image, top_k
+from .protocol import (
+    HEADER_LENGTH,
+    check_outputs,
+    encode_infer_response,
+    model_metadata,
+    parse_infer_request,
+)
 from .runtimes import Predictor
 
+log = logging.getLogger(__name__)
+
 MAX_PAYLOAD_BYTES = 8 * 2**20  # default request size limit: 8 MB
-HEADER_LENGTH = "Inference-Header-Content-Length"
-V2_DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32,
-             "INT64": np.int64, "FP16": np.float16}  # fmt: skip
-ACCEPTED_DTYPES = ("UINT8", "FP32")
-
-
-class RequestError(Exception):
-    """A bad request: becomes a 4xx JSON error with this message."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message, self.status = message, status
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)  # seconds
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # rows per inference call
 
 
 def _metrics():
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
     registry = CollectorRegistry()
-    return registry, {
-        "requests": Counter("cifar_requests", "Requests by endpoint and status",
-                            ["endpoint", "status"], registry=registry),
-        "latency": Histogram("cifar_request_latency_seconds", "Request latency", ["endpoint"],
-                             registry=registry,
-                             buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5)),
-        "batch": Histogram("cifar_batch_size", "Rows per inference call", registry=registry,
-                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
-        "queue": Gauge("cifar_queue_depth", "Requests waiting for a batch", registry=registry),
-    }  # fmt: skip
-
-
-def input_datatype(predictor: Predictor) -> str:
-    meta = predictor.metadata
-    return "UINT8" if meta is not None and meta.input.dtype == "uint8" else "FP32"
-
-
-def model_metadata(name: str, predictor: Predictor) -> dict:
-    meta = predictor.metadata
-    return {
-        "name": name,
-        "versions": ["1"],
-        "platform": f"cifar-deploy/{predictor.kind}",
-        "inputs": [{"name": "images", "datatype": input_datatype(predictor),
-                    "shape": [-1, 32, 32, 3]}],  # fmt: skip
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
-        "parameters": {
-            "class_names": list(meta.class_names if meta else CLASS_NAMES),
-            "preprocessing": meta.preprocessing if meta else "raw RGB pixels 0..255, NHWC",
-            "quantization": meta.quantization if meta else "none",
-            "provider": predictor.provider,
-        },
-    }
-
-
-def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, np.ndarray]:
-    """(request JSON, images array) from a V2 infer body, JSON or binary-extension."""
-    if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise RequestError(f"{HEADER_LENGTH} must be an integer, received {header_length!r}")
-        if not 0 < json_size <= len(body):
-            raise RequestError(f"{HEADER_LENGTH} {json_size} does not fit a {len(body)}-byte body")
-        head, binary = body[:json_size], body[json_size:]
-    else:
-        head, binary = body, b""
-    try:
-        request = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"malformed JSON: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise RequestError("expected a JSON object with an 'inputs' list")
-    inputs = request["inputs"]
-    if len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise RequestError(f"expected exactly one input named 'images', received {len(inputs)}")
-    return request, _tensor(inputs[0], binary)
-
-
-def _tensor(spec: dict, binary: bytes) -> np.ndarray:
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if name != "images":
-        raise RequestError(f"unknown input {name!r}; expected 'images'")
-    if datatype not in ACCEPTED_DTYPES:
-        raise RequestError(f"input datatype {datatype!r} is not accepted; expected UINT8 or FP32")
-    if (not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(d, int) for d in shape)
-            or shape[1:] != [32, 32, 3] or shape[0] < 1):  # fmt: skip
-        raise RequestError(f"expected shape [N, 32, 32, 3] with N >= 1, received {shape}")
-    count = int(np.prod(shape))
-    dtype = V2_DTYPES[datatype]
-    size = (spec.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if size != count * np.dtype(dtype).itemsize or size > len(binary):
-            raise RequestError(
-                f"binary_data_size {size} does not match shape {shape} of {datatype} "
-                f"({count * np.dtype(dtype).itemsize} bytes) or the {len(binary)} bytes sent"
-            )
-        array = np.frombuffer(binary[:size], dtype=dtype)
-    else:
-        data = spec.get("data")
-        if not isinstance(data, list):
-            raise RequestError("expected 'data' (a flat or nested list) or binary data")
-        try:
-            array = np.asarray(data, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise RequestError("'data' must hold numbers only") from None
-        if array.size != count:
-            raise RequestError(f"shape {shape} needs {count} elements, received {array.size}")
-    return _check_values(array.reshape(shape), datatype)
-
-
-def _check_values(array: np.ndarray, datatype: str) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise RequestError("pixel values must be finite; received NaN or infinity")
-        if array.min() < 0 or array.max() > 255:
-            raise RequestError(
-                f"pixel values must lie in 0..255, received {array.min():g}..{array.max():g}"
-            )
-        if datatype == "UINT8":
-            if not np.array_equal(array, np.round(array)):
-                raise RequestError("UINT8 data must be whole numbers 0..255")
-            return array.astype(np.uint8)
-        return array.astype(np.float32)
-    return array
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """A PNG or JPEG of any size -> uint8 (32, 32, 3) RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise RequestError("the uploaded file is empty; expected a PNG or JPEG image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise RequestError(f"expected a PNG or JPEG image, received {img.format}")
-            img.load()
-            if img.width < 1 or img.height < 1:
-                raise RequestError("the image decodes to nothing (zero width or height)")
-            rgb = img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
-    except RequestError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise RequestError(f"not a decodable PNG or JPEG image ({exc})") from None
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def top_k(probs: np.ndarray, k: int, class_names) -> list[dict]:
-    order = np.argsort(-probs)[:k]
-    return [{"label": class_names[i], "class_id": int(i), "probability": float(probs[i])}
-            for i in order]  # fmt: skip
+    requests = Counter(
+        "cifar_requests",
+        "Requests by endpoint and status",
+        ["endpoint", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "cifar_request_latency_seconds",
+        "Request latency",
+        ["endpoint"],
+        registry=registry,
+        buckets=LATENCY_BUCKETS,
+    )
+    batch = Histogram(
+        "cifar_batch_size", "Rows per inference call", registry=registry, buckets=BATCH_BUCKETS
+    )
+    queue = Gauge("cifar_queue_depth", "Requests waiting for a batch", registry=registry)
+    return registry, {"requests": requests, "latency": latency, "batch": batch, "queue": queue}
 
 
 def _endpoint(path: str) -> str:
     """Metric label for a path: model names folded into ``{name}``."""
-    if path.startswith("/v2/models/"):
-        return "/v2/models/{name}" + ("/infer" if path.endswith("/infer") else
-                                      "/ready" if path.endswith("/ready") else "")  # fmt: skip
-    return path
+    if not path.startswith("/v2/models/"):
+        return path
+    for suffix in ("/infer", "/ready"):
+        if path.endswith(suffix):
+            return "/v2/models/{name}" + suffix
+    return "/v2/models/{name}"
 
 
 class Observe:
@@ -193,9 +82,8 @@ class Observe:
 
     async def _json(self, send, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
@@ -212,11 +100,14 @@ class Observe:
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         try:
             if length.isdigit() and int(length) > self.limit:
-                await self._json(tracking_send, 413, f"payload of {int(length):,} bytes exceeds "
-                                                     f"the limit of {self.limit:,} bytes")  # fmt: skip
+                message = (
+                    f"payload of {int(length):,} bytes exceeds the limit of {self.limit:,} bytes"
+                )
+                await self._json(tracking_send, 413, message)
             else:
                 await self.app(scope, receive, tracking_send)
-        except Exception as exc:  # never a bare 500 page: a JSON error, and keep serving
+        except Exception as exc:  # never a bare 500 page: a JSON error, logged, and keep serving
+            log.exception("internal error on %s %s", scope.get("method"), scope["path"])
             if not state["started"]:
                 await self._json(tracking_send, 500, f"internal error: {type(exc).__name__}")
         finally:
@@ -238,9 +129,10 @@ def create_app(
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     registry, m = _metrics()
-    class_names = list(predictor.metadata.class_names if predictor.metadata else CLASS_NAMES)
-    batcher = DynamicBatcher(predictor.predict, max_batch_size, max_queue_delay_ms,
-                             on_batch=m["batch"].observe)  # fmt: skip
+    class_names = predictor.class_names
+    batcher = DynamicBatcher(
+        predictor.predict, max_batch_size, max_queue_delay_ms, on_batch=m["batch"].observe
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -300,10 +192,12 @@ def create_app(
         try:
             body = await read_body(request)
             req, images = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+            check_outputs(req)
         except RequestError as exc:
             return error(exc.status, exc.message)
         probs = await batcher.submit(images)
-        return _infer_response(req, name, probs)
+        encoded = encode_infer_response(req, name, probs)
+        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
 
     @app.post("/v2/models/{model_name}/versions/{version}/infer")
     async def infer_version(model_name: str, version: str, request: Request):
@@ -362,28 +256,3 @@ async def _upload_bytes(request, body: bytes) -> bytes:
     if not isinstance(upload, UploadFile):
         raise RequestError("expected the image in a multipart field named 'file'")
     return await upload.read()
-
-
-def _infer_response(req: dict, name: str, probs: np.ndarray):
-    from fastapi.responses import JSONResponse, Response
-
-    probs = np.ascontiguousarray(probs, dtype=np.float32)
-    wanted = req.get("outputs") or [{"name": "probabilities"}]
-    unknown = [o.get("name") if isinstance(o, dict) else o for o in wanted
-               if not isinstance(o, dict) or o.get("name") != "probabilities"]  # fmt: skip
-    if unknown:
-        return JSONResponse({"error": f"unknown output {unknown[0]!r}; expected 'probabilities'"},
-                            status_code=400)  # fmt: skip
-    binary = bool((req.get("parameters") or {}).get("binary_data_output")) or any(
-        (o.get("parameters") or {}).get("binary_data") for o in wanted if isinstance(o, dict)
-    )
-    output = {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape)}
-    head = {"model_name": name, "model_version": "1", "id": str(req.get("id") or uuid.uuid4())}
-    if not binary:
-        return JSONResponse({**head, "outputs": [{**output, "data": probs.reshape(-1).tolist()}]})
-    raw = probs.tobytes()
-    header = json.dumps({**head, "outputs": [{**output,
-                                              "parameters": {"binary_data_size": len(raw)}}]})
-    payload = header.encode() + raw
-    return Response(payload, media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(header.encode()))})  # fmt: skip

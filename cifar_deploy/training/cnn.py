@@ -35,9 +35,13 @@ def build_cnn(
         prefix = f"{name}_block{b}"
         for c in range(1, convs + 1):
             x = keras.layers.Conv2D(
-                filters, 3, padding="same", use_bias=False, kernel_regularizer=reg,
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_regularizer=reg,
                 name=f"{prefix}_conv{c}",
-            )(x)  # fmt: skip
+            )(x)
             x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn{c}")(x)
             x = keras.layers.ReLU(name=f"{prefix}_relu{c}")(x)
         x = keras.layers.MaxPooling2D(name=f"{prefix}_pool")(x)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from .. import _tf
+from ..contract import INPUT_NAME, INPUT_SHAPE
 
-INPUT_SHAPE = (32, 32, 3)
-INPUT_NAME = "images"  # the name every exported artifact gives its input
 # Per-channel statistics of the CIFAR-10 training set, in the 0..255 pixel scale.
 CIFAR_MEAN = (125.307, 122.950, 113.865)
 CIFAR_STD = (62.993, 62.089, 66.705)
@@ -38,7 +37,10 @@ def kernel_regularizer(weight_decay: float):
 
 
 def probabilities(x, num_classes: int, prefix: str):
-    """The classification head's output: float32 probabilities even under mixed precision."""
+    """The classification head's output: float32 probabilities even under mixed precision.
+
+    The layer is named ``<prefix>_probabilities``; exports name the graph output
+    ``contract.OUTPUT_NAME`` whatever the model's name."""
     keras = _tf.keras()
     return keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name=f"{prefix}_probabilities"

@@ -39,16 +39,19 @@ def build_mobilenetv2(
     input_size: int = 224,  # side the 32x32 images are resized to before the backbone
     dropout: float = 0.2,
     alpha: float = 1.0,  # MobileNetV2 width multiplier
-    weight_decay: float = 0.0,  # unused: the recipe regularizes with dropout and early stopping
     name: str = "mobilenetv2",
 ):
     keras = _tf.keras()
     resolved = _resolve_weights(weights)
     try:
         backbone = keras.applications.MobileNetV2(
-            input_shape=(input_size, input_size, 3), include_top=False, weights=resolved,
-            alpha=alpha, pooling=None, name=BACKBONE_NAME,
-        )  # fmt: skip
+            input_shape=(input_size, input_size, 3),
+            include_top=False,
+            weights=resolved,
+            alpha=alpha,
+            pooling=None,
+            name=BACKBONE_NAME,
+        )
     except Exception as exc:  # download (URLError, ...) or unreadable/mismatched local file
         if resolved == "imagenet":
             raise WeightsUnavailableError(
@@ -61,8 +64,9 @@ def build_mobilenetv2(
             f"MobileNetV2 weights file for alpha={alpha}"
         ) from None
     inputs = raw_pixel_input()
-    x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear",
-                              name=f"{name}_resize")(inputs)  # fmt: skip
+    x = keras.layers.Resizing(
+        input_size, input_size, interpolation="bilinear", name=f"{name}_resize"
+    )(inputs)
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=f"{name}_scale")(x)  # to [-1, 1]
     # training=False keeps the backbone's batch norms in inference mode in every phase.
     x = backbone(x, training=False)
@@ -107,6 +111,7 @@ register_model(
         recipe=RECIPE,
         description="MobileNetV2 (ImageNet) at 224x224, resize + [-1,1] scaling in-graph",
         accepts_weights=True,
+        takes_weight_decay=False,  # regularized by dropout and early stopping instead
         set_trainable=set_trainable,
     )
 )

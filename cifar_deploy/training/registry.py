@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..contract import INPUT_DESCRIPTION
 from ..errors import InvalidOptionError, unknown_name
 from .recipes import Recipe
 
@@ -23,6 +24,7 @@ class ModelSpec:
     description: str
     builder_kwargs: tuple[tuple[str, object], ...] = ()
     accepts_weights: bool = False  # takes --weights (pretrained backbones)
+    takes_weight_decay: bool = True  # the builder takes the recipe's L2 ``weight_decay``
     quick_recipe: Recipe | None = None  # the --quick preset, where the family has one
     # (model, "head" | "finetune", fraction) -> None, for families with a pretrained backbone
     set_trainable: Callable[[object, str, float], None] | None = None
@@ -86,8 +88,11 @@ def recipe_summary(recipe: Recipe) -> str:
     parts = []
     for p in recipe.phases:
         opt = "SGD+Nesterov" if p.optimizer == "sgd" and p.nesterov else p.optimizer.upper()
-        sched = f"warmup {p.warmup_epochs:g}+cosine" if p.warmup_epochs else (
-            "cosine" if p.cosine else "constant")
+        sched = (
+            f"warmup {p.warmup_epochs:g}+cosine"
+            if p.warmup_epochs
+            else ("cosine" if p.cosine else "constant")
+        )
         parts.append(f"{p.name}: {p.epochs} ep {opt} lr {p.lr:g} {sched}")
     extras = [f"batch {recipe.batch_size}"]
     if recipe.label_smoothing:
@@ -113,7 +118,7 @@ def model_catalog() -> list[dict]:
             {
                 "name": name,
                 "parameters": int(model.count_params()),
-                "input": "float32 (N, 32, 32, 3), raw RGB 0..255",
+                "input": INPUT_DESCRIPTION,
                 "recipe": recipe_summary(spec.recipe),
                 "quick_preset": spec.quick_recipe is not None,
                 "description": spec.description,

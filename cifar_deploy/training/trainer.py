@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,13 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, _tf
+from .. import _tf
+from ..contract import library_versions
 from ..data import CifarData, load_cifar10, subsample, train_val_split
 from ..errors import InvalidOptionError, TrainingInterrupted
-from .recipes import Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
-from .registry import get_model_spec
+from .recipes import Phase, Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
+from .registry import ModelSpec, get_model_spec
 
 STRATEGIES = ("none", "mirrored")
+HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")  # Keras logs kept per epoch
+EVAL_BATCH = 256  # images per step when evaluating the best checkpoint on the test split
 
 
 @dataclass
@@ -35,8 +37,8 @@ class TrainConfig:
     model: str
     recipe: Recipe | None = None  # None: the model's registered default
     seed: int = 42  # NumPy, TensorFlow and Python seeds
-    data_dir: str | None = None
-    runs_dir: str = "runs"
+    data_dir: Path | None = None
+    runs_dir: Path = Path("runs")
     max_train_samples: int | None = None
     weights: str | None = None  # MobileNetV2 only: 'imagenet', 'none' or a file
     strategy: str = "none"  # "none" or "mirrored"
@@ -57,17 +59,6 @@ class RunResult:
     epochs_run: int
     wall_seconds: float
     info: dict
-
-
-def library_versions() -> dict[str, str]:
-    tf, keras = _tf.tf(), _tf.keras()
-    return {
-        "cifar_deploy": __version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def cpu_supports_bf16() -> bool:
@@ -125,81 +116,181 @@ def _current_lr(optimizer) -> float:
     return float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
 
 
-def _callbacks(model, twin, run_dir: Path, phase_name: str, state: dict):
-    """Per-epoch bookkeeping: history row, last/best checkpoints (through the float32 twin)."""
+class RunRecorder:
+    """The run's files: a ``history.csv`` row and the ``last.keras`` checkpoint every epoch,
+    ``best.keras`` when validation accuracy improves (both written from the float32 ``twin``),
+    and ``run.json`` at the end, whatever the end was."""
+
+    def __init__(self, run_dir: Path, info: dict):
+        self.run_dir = run_dir
+        self.history = run_dir / "history.csv"
+        self.history.unlink(missing_ok=True)
+        self.info = info
+        self.started = time.perf_counter()
+        self.best_val = -1.0
+        self.best_epoch = 0
+        self.epochs_run = 0
+        self.model = None  # the model being trained
+        self.twin = None  # its float32 twin, which checkpoints are written from
+        self._epoch_start = 0.0
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.keras"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.keras"
+
+    def callback(self, phase_name: str):
+        """A Keras callback that records each epoch of ``phase_name``."""
+        keras = _tf.keras()
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: self._begin_epoch(),
+            on_epoch_end=lambda epoch, logs: self.end_epoch(epoch + 1, phase_name, logs or {}),
+        )
+
+    def _begin_epoch(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def end_epoch(self, epoch: int, phase_name: str, logs: dict) -> None:
+        row = {
+            "epoch": epoch,
+            "phase": phase_name,
+            "lr": f"{_current_lr(self.model.optimizer):.6g}",
+            **{k: f"{logs[k]:.6f}" for k in HISTORY_METRICS if k in logs},
+            "seconds": f"{time.perf_counter() - self._epoch_start:.2f}",
+        }
+        new = not self.history.exists()
+        with self.history.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        self.epochs_run = epoch
+        self.save(self.last_path)
+        val = logs.get("val_accuracy", -1.0)
+        if val > self.best_val:
+            self.best_val, self.best_epoch = float(val), epoch
+            self.save(self.best_path)
+
+    def save(self, path: Path) -> None:
+        if self.twin is not self.model:
+            self.twin.set_weights(self.model.get_weights())
+        save_atomic(self.twin, path)
+
+    def interrupted(self) -> None:
+        """Ctrl-C: make sure ``last.keras`` exists (even before the first epoch ended)."""
+        if self.epochs_run == 0 and self.twin is not None:
+            self.save(self.last_path)
+        self.finish("interrupted")
+
+    def finish(self, status: str, test_accuracy: float | None = None) -> dict:
+        self.info.update(
+            status=status,
+            epochs_run=self.epochs_run,
+            best_epoch=self.best_epoch,
+            best_val_accuracy=self.best_val if self.best_val >= 0 else None,
+            test_accuracy=test_accuracy,
+            wall_seconds=round(time.perf_counter() - self.started, 2),
+            finished_at=_now(),
+        )
+        _write_json_atomic(self.run_dir / "run.json", self.info)
+        return self.info
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _builder_kwargs(spec: ModelSpec, recipe: Recipe, config: TrainConfig) -> dict:
+    """The builder's arguments: the recipe's weight decay where the builder takes one, the
+    pretrained weights where the family has them, and the config's extra arguments."""
+    kwargs = {}
+    if spec.takes_weight_decay:
+        kwargs["weight_decay"] = recipe.weight_decay
+    elif recipe.weight_decay:
+        raise InvalidOptionError(
+            f"{spec.name} takes no weight decay (its recipe regularizes otherwise); "
+            f"received --weight-decay {recipe.weight_decay:g}"
+        )
+    if config.weights is not None:
+        if not spec.accepts_weights:
+            raise InvalidOptionError(
+                f"--weights applies to pretrained models only; {spec.name} trains from scratch"
+            )
+        kwargs["weights"] = config.weights
+    return {**kwargs, **config.model_kwargs}
+
+
+def _build(spec: ModelSpec, kwargs: dict, policy: str, strategy):
+    """(model in ``policy``, float32 twin): the twin has the same layers in the same order, and
+    its weights are copied from the model, so pretrained ones are not fetched twice."""
     keras = _tf.keras()
-
-    class RunFiles(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            state["epoch_start"] = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            seconds = time.perf_counter() - state["epoch_start"]
-            row = {
-                "epoch": epoch + 1,
-                "phase": phase_name,
-                "lr": f"{_current_lr(model.optimizer):.6g}",
-                **{k: f"{logs[k]:.6f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                   if k in logs},  # fmt: skip
-                "seconds": f"{seconds:.2f}",
-            }
-            new = not state["history"].exists()
-            with state["history"].open("a", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-            state["epochs_run"] = epoch + 1
-            if twin is not model:
-                twin.set_weights(model.get_weights())
-            save_atomic(twin, run_dir / "last.keras")
-            val = logs.get("val_accuracy", -1.0)
-            if val > state["best_val"]:
-                state["best_val"] = float(val)
-                state["best_epoch"] = epoch + 1
-                save_atomic(twin, run_dir / "best.keras")
-
-    return RunFiles()
+    keras.mixed_precision.set_global_policy(policy)
+    with strategy.scope():
+        model = spec.build(**kwargs)
+    keras.mixed_precision.set_global_policy("float32")
+    if policy == "float32":
+        return model, model
+    return model, spec.build(**({**kwargs, "weights": None} if spec.accepts_weights else kwargs))
 
 
-def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
-    """Train ``config.model`` with its recipe; returns paths and figures of the run."""
-    tf, keras = _tf.tf(), _tf.keras()
-    spec = get_model_spec(config.model)
-    recipe = config.recipe or spec.recipe
-    recipe.validate()
-    if config.max_train_samples is not None and config.max_train_samples < 2:
+def _set_trainable(spec: ModelSpec, model, phase: Phase, recipe: Recipe) -> None:
+    """Every phase sets what trains, "all" included (a head -> all recipe unfreezes the backbone
+    frozen by its head phase)."""
+    if spec.set_trainable is not None:
+        spec.set_trainable(model, phase.trainable, recipe.finetune_fraction)
+    elif phase.trainable != "all":
         raise InvalidOptionError(
-            f"--max-train-samples must be at least 2, received {config.max_train_samples}"
+            f"phase {phase.name!r} trains {phase.trainable!r} layers, but {spec.name} "
+            "has no backbone to freeze; expected trainable='all'"
         )
-    build_kwargs = {"weight_decay": recipe.weight_decay, **config.model_kwargs}
-    if spec.accepts_weights and config.weights is not None:
-        build_kwargs["weights"] = config.weights
-    elif config.weights is not None:
-        raise InvalidOptionError(
-            f"--weights applies to pretrained models only; {spec.name} trains from scratch"
-        )
-    started = time.perf_counter()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    keras.utils.set_random_seed(config.seed)
-
-    data = data if data is not None else load_cifar10(config.data_dir)
-    x, y = subsample(data.x_train, data.y_train, config.max_train_samples, config.seed)
-    (x_tr, y_tr), (x_val, y_val) = train_val_split(x, y, recipe.val_split, config.seed)
-
-    run_dir = Path(config.runs_dir) / spec.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    history = run_dir / "history.csv"
-    history.unlink(missing_ok=True)
 
 
-    policy = resolve_precision(recipe.mixed_precision)
-    previous_policy = keras.mixed_precision.global_policy().name
-    strategy = make_strategy(config.strategy)
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    state = {"history": history, "best_val": -1.0, "best_epoch": 0, "epochs_run": 0}
-    info = {
+def _fit_phase(
+    model, phase: Phase, recipe: Recipe, datasets, first_epoch: int, callbacks: list, verbose
+) -> None:
+    """Compile for ``phase`` (its optimizer and schedule) and fit its epochs."""
+    keras, tf = _tf.keras(), _tf.tf()
+    train_ds, val_ds, steps_per_epoch = datasets
+    model.compile(
+        optimizer=make_optimizer(phase, steps_per_epoch),
+        loss=make_loss(recipe),
+        metrics=["accuracy"],
+        jit_compile="auto"
+        if tf.config.list_physical_devices("GPU")
+        else False,  # XLA: CPU 2x slower
+    )
+    if recipe.early_stopping_patience:
+        callbacks = [
+            *callbacks,
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=recipe.early_stopping_patience
+            ),
+        ]
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + phase.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,  # the dataset shuffles itself, seeded
+    )
+
+
+def _evaluate_best(best_path: Path, data: CifarData) -> float:
+    """Test accuracy of the best checkpoint, loaded back as exports will load it."""
+    keras = _tf.keras()
+    best = keras.models.load_model(best_path, safe_mode=True)
+    images = eval_dataset(data.x_test, data.y_test, EVAL_BATCH).map(lambda x, y: x)
+    probs = best.predict(images, verbose=0)
+    return float(np.mean(np.argmax(probs, axis=1) == data.y_test))
+
+
+def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> dict:
+    return {
         "model": spec.name,
         "status": "running",
         "recipe": recipe.to_dict(),
@@ -207,104 +298,84 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,
         "precision_policy": policy,
-        "builder_kwargs": {k: v for k, v in build_kwargs.items()},
+        "builder_kwargs": dict(kwargs),
         "data": {
             "source": data.source,
             "train_batches": list(data.train_batches),
-            "train_images": int(len(y_tr)),
-            "val_images": int(len(y_val)),
+            "train_images": sizes[0],
+            "val_images": sizes[1],
             "test_images": int(len(data.y_test)),
         },
         "versions": library_versions(),
-        "device": "gpu" if has_gpu else "cpu",
-        "started_at": started_at,
+        "device": "gpu" if _tf.tf().config.list_physical_devices("GPU") else "cpu",
+        "started_at": _now(),
     }
 
-    def finish(status: str, test_acc: float | None = None) -> dict:
-        info.update(
-            status=status,
-            epochs_run=state["epochs_run"],
-            best_epoch=state["best_epoch"],
-            best_val_accuracy=state["best_val"] if state["best_val"] >= 0 else None,
-            test_accuracy=test_acc,
-            wall_seconds=round(time.perf_counter() - started, 2),
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        _write_json_atomic(run_dir / "run.json", info)
-        return info
 
+def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
+    """Train ``config.model`` with its recipe; returns paths and figures of the run."""
+    keras = _tf.keras()
+    spec = get_model_spec(config.model)
+    recipe = config.recipe or spec.recipe
+    recipe.validate()
+    if config.max_train_samples is not None and config.max_train_samples < 2:
+        raise InvalidOptionError(
+            f"--max-train-samples must be at least 2, received {config.max_train_samples}"
+        )
+    kwargs = _builder_kwargs(spec, recipe, config)
+    keras.utils.set_random_seed(config.seed)
+    data = data if data is not None else load_cifar10(config.data_dir)
+    x, y = subsample(data.x_train, data.y_train, config.max_train_samples, config.seed)
+    (x_tr, y_tr), (x_val, y_val) = train_val_split(x, y, recipe.val_split, config.seed)
+    run_dir = Path(config.runs_dir) / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    policy = resolve_precision(recipe.mixed_precision)
+    strategy = make_strategy(config.strategy)
+    sizes = (int(len(y_tr)), int(len(y_val)))
+    recorder = RunRecorder(
+        run_dir, _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes)
+    )
+    previous_policy = keras.mixed_precision.global_policy().name
     try:
-        keras.mixed_precision.set_global_policy(policy)
-        with strategy.scope():
-            model = spec.build(**build_kwargs)
-        keras.mixed_precision.set_global_policy("float32")
-        # The float32 twin that checkpoints are written from (same layers, same weight order);
-        # its weights are copied from the trained model, so pretrained ones are not fetched again.
-        twin_kwargs = {**build_kwargs, "weights": None} if spec.accepts_weights else build_kwargs
-        twin = model if policy == "float32" else spec.build(**twin_kwargs)
-        global_batch = recipe.batch_size
-        train_ds = train_dataset(x_tr, y_tr, recipe, config.seed)
-        val_ds = eval_dataset(x_val, y_val, global_batch)
-        steps_per_epoch = max(1, len(y_tr) // global_batch)
-        epoch = 0
-        for phase in recipe.phases:
-            if phase.epochs == 0:
-                continue
-            if phase.trainable != "all":
-                if spec.set_trainable is None:
-                    raise InvalidOptionError(
-                        f"phase {phase.name!r} trains {phase.trainable!r} layers, but {spec.name} "
-                        "has no backbone to freeze; expected trainable='all'"
-                    )
-                spec.set_trainable(model, phase.trainable, recipe.finetune_fraction)
+        recorder.model, recorder.twin = _build(spec, kwargs, policy, strategy)
+        steps_per_epoch = max(1, len(y_tr) // recipe.batch_size)
+        datasets = (
+            train_dataset(x_tr, y_tr, recipe, config.seed),
+            eval_dataset(x_val, y_val, recipe.batch_size),
+            steps_per_epoch,
+        )
+        for phase in (p for p in recipe.phases if p.epochs > 0):
+            _set_trainable(spec, recorder.model, phase, recipe)
+            callbacks = [recorder.callback(phase.name), *config.callbacks]
             with strategy.scope():
-                model.compile(
-                    optimizer=make_optimizer(phase, steps_per_epoch),
-                    loss=make_loss(recipe),
-                    metrics=["accuracy"],
-                    jit_compile="auto" if has_gpu else False,  # XLA halves CPU speed here
+                _fit_phase(
+                    recorder.model,
+                    phase,
+                    recipe,
+                    datasets,
+                    recorder.epochs_run,
+                    callbacks,
+                    config.verbose,
                 )
-            callbacks = [_callbacks(model, twin, run_dir, phase.name, state), *config.callbacks]
-            if recipe.early_stopping_patience:
-                callbacks.append(
-                    keras.callbacks.EarlyStopping(
-                        monitor="val_accuracy", mode="max",
-                        patience=recipe.early_stopping_patience,
-                    )  # fmt: skip
-                )
-            model.fit(
-                train_ds, validation_data=val_ds, initial_epoch=epoch,
-                epochs=epoch + phase.epochs, callbacks=callbacks, verbose=config.verbose,
-                shuffle=False,  # the dataset shuffles itself, seeded
-            )  # fmt: skip
-            epoch = state["epochs_run"]
     except KeyboardInterrupt:
-        if state["epochs_run"] == 0 and "twin" in locals():
-            save_atomic(twin, run_dir / "last.keras")
-        finish("interrupted")
+        recorder.interrupted()
         raise TrainingInterrupted(
-            f"training interrupted after {state['epochs_run']} epochs; "
-            f"{run_dir / 'last.keras'} holds the latest weights"
+            f"training interrupted after {recorder.epochs_run} epochs; "
+            f"{recorder.last_path} holds the latest weights"
         ) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-
-    best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
-    probs = best.predict(eval_dataset(data.x_test, data.y_test, 256).map(lambda a, b: a),
-                         verbose=0)  # fmt: skip
-    test_acc = float(np.mean(np.argmax(probs, axis=1) == data.y_test))
-    info = finish("completed", test_acc)
+    test_accuracy = _evaluate_best(recorder.best_path, data)
+    info = recorder.finish("completed", test_accuracy)
     return RunResult(
         run_dir=run_dir,
-        best_path=run_dir / "best.keras",
-        last_path=run_dir / "last.keras",
-        history_path=history,
+        best_path=recorder.best_path,
+        last_path=recorder.last_path,
+        history_path=recorder.history,
         run_json_path=run_dir / "run.json",
-        test_accuracy=test_acc,
-        best_val_accuracy=state["best_val"],
-        epochs_run=state["epochs_run"],
+        test_accuracy=test_accuracy,
+        best_val_accuracy=recorder.best_val,
+        epochs_run=recorder.epochs_run,
         wall_seconds=info["wall_seconds"],
         info=info,
     )
-
-

@@ -30,18 +30,32 @@ def _block(x, filters: int, stride: int, dropout: float, reg, prefix: str):
     pre = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn1")(x)
     pre = layers.ReLU(name=f"{prefix}_relu1")(pre)
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                 kernel_regularizer=reg, name=f"{prefix}_shortcut")(pre)  # fmt: skip
+        shortcut = layers.Conv2D(
+            filters,
+            1,
+            strides=stride,
+            use_bias=False,
+            kernel_regularizer=reg,
+            name=f"{prefix}_shortcut",
+        )(pre)
     else:
         shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name=f"{prefix}_conv1")(pre)  # fmt: skip
+    y = layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_regularizer=reg,
+        name=f"{prefix}_conv1",
+    )(pre)
     y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn2")(y)
     y = layers.ReLU(name=f"{prefix}_relu2")(y)
     if dropout:
         y = layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_regularizer=reg,
-                      name=f"{prefix}_conv2")(y)  # fmt: skip
+    y = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{prefix}_conv2"
+    )(y)
     return layers.Add(name=f"{prefix}_add")([shortcut, y])
 
 
@@ -61,8 +75,9 @@ def build_wide_resnet(
     reg = kernel_regularizer(weight_decay)
     inputs = raw_pixel_input()
     x = standardize(inputs, name)
-    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_regularizer=reg,
-                            name=f"{name}_stem_conv")(x)  # fmt: skip
+    x = keras.layers.Conv2D(
+        16, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"{name}_stem_conv"
+    )(x)
     for g, filters in enumerate((16 * width, 32 * width, 64 * width), start=1):
         for b in range(1, n + 1):
             stride = 2 if (g > 1 and b == 1) else 1
@@ -74,9 +89,7 @@ def build_wide_resnet(
 
 
 RECIPE = Recipe(
-    phases=(
-        Phase("train", epochs=300, optimizer="sgd", lr=0.1, warmup_epochs=5, final_lr=1e-3),
-    ),
+    phases=(Phase("train", epochs=300, optimizer="sgd", lr=0.1, warmup_epochs=5, final_lr=1e-3),),
     batch_size=128,
     label_smoothing=0.0,
     crop_padding=4,

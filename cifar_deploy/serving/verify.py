@@ -1,4 +1,4 @@
-"""Accuracy parity: does every exported artifact behave like its Keras model on real images?
+"""``cifar-deploy verify``: does every exported artifact behave like its Keras model on real images?
 
 For each artifact and the reference, on the test split: top-1 accuracy, its difference from the
 reference, agreement (share of identical top-1 predictions), max and mean absolute probability
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_cifar10, stratified_indices
-from ..errors import InvalidModelError, InvalidOptionError, one_line
-from ..export.metadata import artifact_of
-from .runtimes import load_metadata, load_predictor
+from ..errors import InvalidOptionError, one_line
+from .artifacts import collect_artifacts, load_metadata, resolve_reference
+from .runtimes import load_predictor
 
 ECE_BINS = 15
 
@@ -52,7 +52,9 @@ def tolerance_for(quantization: str, overrides: dict | None = None) -> Tolerance
     return dataclasses.replace(TOLERANCES[quantization], **given)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -66,8 +68,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.ndarray:
-    return np.array([(pred[labels == c] == c).mean() if (labels == c).any() else np.nan
-                     for c in range(classes)])  # fmt: skip
+    return np.array(
+        [(pred[labels == c] == c).mean() if (labels == c).any() else np.nan for c in range(classes)]
+    )
 
 
 @dataclass
@@ -122,24 +125,10 @@ def judge(figures: dict, tolerance: Tolerance) -> list[str]:
     return reasons
 
 
-def collect_artifacts(paths: Sequence[Path]) -> list[Path]:
-    """Expand directories (``exports/<model>/``) into the artifacts their sidecars describe."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir() and not (path.parent / f"{path.name}.json").exists():
-            sidecars = sorted(path.glob("*.json"))
-            if not sidecars:
-                raise InvalidModelError(f"{path}: no exported artifacts (no *.json sidecars)")
-            found.extend(artifact_of(s) for s in sidecars)
-        else:
-            found.append(path)
-    return found
-
-
 def verify(
     artifacts: Sequence[Path],
     reference: Path | None = None,
-    data_dir: str | None = None,
+    data_dir: Path | None = None,
     samples: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
@@ -155,26 +144,22 @@ def verify(
     """
     paths = collect_artifacts(artifacts)
     metas = {p: load_metadata(p) for p in paths}  # raises on missing files or hash mismatches
-    models = {m.model_name for m in metas.values() if m is not None}
+    models = {m.model_name for m in metas.values() if m.from_sidecar}
     if len(models) > 1:
         raise InvalidOptionError(
             f"artifacts of different models in one call: {', '.join(sorted(models))}; "
             "expected one model's artifacts"
         )
-    sources = {m.source.path for m in metas.values() if m is not None and m.source}
+    reference = resolve_reference(metas, reference)
     if reference is None:
-        if len(sources) != 1:
-            raise InvalidOptionError(
-                "cannot tell the reference model from the sidecars; pass --reference PATH"
-            )
-        reference = Path(sources.pop())
-    reference = Path(reference)
-    if reference.suffix != ".keras":
-        raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
+        raise InvalidOptionError(
+            "cannot tell the reference model from the sidecars; pass --reference PATH"
+        )
     ref_predictor = load_predictor(reference, device="cpu")
     # Load every artifact before evaluating any: a corrupt one is bad input, not a failed row.
-    predictors = {p: load_predictor(p, device=device, threads=threads, metadata=metas[p])
-                  for p in paths}  # fmt: skip
+    predictors = {
+        p: load_predictor(p, device=device, threads=threads, metadata=metas[p]) for p in paths
+    }
 
     data = data if data is not None else load_cifar10(data_dir)
     x, y = data.x_test, data.y_test
@@ -188,23 +173,37 @@ def verify(
         on_progress("reference")
     ref = ref_predictor.predict(x)
     ref_acc = float((ref.argmax(1) == y).mean())
-    rows = [ParityRow(name="reference", path=str(reference), format="keras", quantization="none",
-                      runtime=ref_predictor.provider, status="reference", accuracy=ref_acc,
-                      ece=expected_calibration_error(ref, y), samples=len(y))]  # fmt: skip
+    rows = [
+        ParityRow(
+            name="reference",
+            path=str(reference),
+            format="keras",
+            quantization="none",
+            runtime=ref_predictor.provider,
+            status="reference",
+            accuracy=ref_acc,
+            ece=expected_calibration_error(ref, y),
+            samples=len(y),
+        )
+    ]
     for path in paths:
-        meta = metas[path]
-        fmt = meta.format if meta else path.suffix.lstrip(".")
-        quantization = meta.quantization if meta else "none"
-        predictor = predictors[path]
-        row = ParityRow(name=path.name, path=str(path), format=fmt, quantization=quantization,
-                        runtime=predictor.provider, status="error", samples=len(y))  # fmt: skip
+        meta, predictor = metas[path], predictors[path]
+        row = ParityRow(
+            name=path.name,
+            path=str(path),
+            format=meta.format,
+            quantization=meta.quantization,
+            runtime=predictor.provider,
+            status="error",
+            samples=len(y),
+        )
         if on_progress:
             on_progress(path.name)
         try:
             figures = compare(predictor.predict(x), ref, y)
             for key, value in figures.items():
                 setattr(row, key, value)
-            row.reasons = judge(figures, tolerance_for(quantization, overrides))
+            row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
             row.status = "fail" if row.reasons else "pass"
         except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
             row.reasons = [one_line(exc, with_type=True)]

@@ -1,0 +1,93 @@
+"""Finding artifacts and reading what they are: the one place ``verify``, ``bench``, ``serve`` and
+``predict`` turn paths into (artifact, metadata) pairs.
+
+- :func:`default_artifacts`: the newest ``exports/<model>/`` when no artifact is named;
+- :func:`collect_artifacts`: export directories expanded into the artifacts their sidecars name;
+- :func:`load_metadata`: an artifact's sidecar, hash-checked; a :class:`Metadata` built from the
+  file itself for a ``.keras`` model or an artifact without a sidecar, so callers never branch
+  on a missing record;
+- :func:`resolve_reference`: the Keras model the artifacts were exported from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import InvalidModelError, InvalidOptionError
+from ..export.metadata import Metadata, artifact_of, read_sidecar, sha256_of, sidecar_path
+
+# File suffix -> artifact kind, for files without a sidecar.
+SUFFIX_KIND: dict[str, str] = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+
+
+def default_artifacts(exports_dir: Path = Path("exports")) -> list[Path]:
+    """The newest ``exports/<model>/`` directory that holds exported artifacts."""
+    dirs = [d for d in Path(exports_dir).glob("*") if d.is_dir() and list(d.glob("*.json"))]
+    if not dirs:
+        raise InvalidModelError(
+            f"no exported artifacts in {exports_dir}/<model>/",
+            hint="export first (cifar-deploy export --format all) or name the artifacts",
+        )
+    return [max(dirs, key=lambda d: max(p.stat().st_mtime for p in d.glob("*.json")))]
+
+
+def collect_artifacts(paths: Sequence[Path]) -> list[Path]:
+    """Expand directories (``exports/<model>/``) into the artifacts their sidecars describe."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir() and not sidecar_path(path).exists():
+            sidecars = sorted(path.glob("*.json"))
+            if not sidecars:
+                raise InvalidModelError(f"{path}: no exported artifacts (no *.json sidecars)")
+            found.extend(artifact_of(s) for s in sidecars)
+        else:
+            found.append(path)
+    return found
+
+
+def bare_kind(path: Path) -> str:
+    """The artifact kind of a file without a sidecar, from its suffix."""
+    kind = SUFFIX_KIND.get(Path(path).suffix)
+    if kind is None:
+        raise InvalidModelError(
+            f"{path}: unknown artifact type; expected .keras, .tflite, .onnx, or an exported "
+            "savedmodel/ or triton/ directory with its .json sidecar"
+        )
+    return kind
+
+
+def load_metadata(path: Path, check_hash: bool = True) -> Metadata:
+    """The sidecar of ``path``, its hash checked against the file; for a ``.keras`` model or a
+    bare artifact, a record built from the file (``from_sidecar`` False)."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidModelError(f"{path}: no such file or directory")
+    if path.suffix == ".keras" or not sidecar_path(path).exists():
+        return Metadata.bare(path, bare_kind(path))
+    metadata = read_sidecar(path)
+    if check_hash and (actual := sha256_of(path)) != metadata.artifact.sha256:
+        raise InvalidModelError(
+            f"{path}: does not match its sidecar (sha256 {actual[:12]}..., sidecar "
+            f"says {metadata.artifact.sha256[:12]}...); re-export it"
+        )
+    return metadata
+
+
+def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) -> Path | None:
+    """The Keras model to compare against: ``reference`` when given, else the one source model
+    the sidecars name; None when no sidecar names one. Two different sources are refused."""
+    if reference is None:
+        sources = sorted({m.source.path for m in metas.values() if m.source})
+        if len(sources) > 1:
+            raise InvalidOptionError(
+                f"the artifacts come from {len(sources)} different models "
+                f"({', '.join(sources)}); pass --reference PATH"
+            )
+        if not sources:
+            return None
+        reference = Path(sources[0])
+    reference = Path(reference)
+    if reference.suffix != ".keras":
+        raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
+    return reference
