@@ -1,67 +1,15 @@
-"""Shared fixtures: canonical-format CIFAR-10 files written on the fly, and the real data."""
+"""Shared fixtures: synthetic CIFAR-10 directories, the real data, and one tiny model exported
+to every format once per session."""
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cifar_deploy import _tf
-
-REPO = Path(__file__).resolve().parents[1]
-CLASS_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-               b"dog", b"frog", b"horse", b"ship", b"truck"]  # fmt: skip
-
-
-def to_rows(images: np.ndarray) -> np.ndarray:
-    """NHWC uint8 -> the canonical (N, 3072) rows of R, G, B planes."""
-    return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-
-
-def write_batch(path: Path, images: np.ndarray, labels, **extra) -> Path:
-    payload = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
-               b"data": to_rows(images), b"filenames": [b"x.png"] * len(labels), **extra}
-    with open(path, "wb") as fh:
-        pickle.dump(payload, fh, protocol=2)
-    return path
-
-
-def synthetic_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Images a tiny model can learn: each class has its own colour, plus noise."""
-    palette = np.random.default_rng(1234).integers(30, 225, size=(10, 3))  # same in every batch
-    rng = np.random.default_rng(seed)
-    base = palette[labels][:, None, None, :].astype(np.int16)
-    noise = rng.integers(-25, 26, size=(len(labels), 32, 32, 3))
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def write_cifar_dir(root: Path, train_batches=(1, 2), per_batch=60, test=60, seed=0) -> Path:
-    """A canonical ``cifar-10-batches-py`` directory with the given training batches."""
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in train_batches:
-        labels = np.arange(per_batch) % 10
-        rng.shuffle(labels)
-        write_batch(d / f"data_batch_{i}", synthetic_images(labels, seed=i), labels)
-    labels = np.arange(test) % 10
-    write_batch(d / "test_batch", synthetic_images(labels, seed=99), labels)
-    with open(d / "batches.meta", "wb") as fh:
-        pickle.dump({b"label_names": CLASS_NAMES, b"num_cases_per_batch": per_batch}, fh, protocol=2)
-    return d
-
-
-def write_cifar_tarball(root: Path, **kwargs) -> Path:
-    src = write_cifar_dir(root / "src", **kwargs)
-    archive = root / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src, arcname="cifar-10-batches-py")
-    return archive
+from tests.helpers import CALIBRATION, REPO, save_tiny_model, write_cifar_dir
 
 
 @pytest.fixture
@@ -110,35 +58,25 @@ def real_data_dir() -> Path:
     return REAL_DATA_DIR
 
 
-# Calibration images for int8 exports in unit tests (random pixels; calibration only needs range).
-CALIBRATION = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
-
-# Largest |probability - Keras probability| each artifact may show on a tiny random model.
-# float32: same math, different kernels; float16: 10-bit mantissas; dynamic/int8: 8-bit weights
-# (and activations), which on an untrained model move probabilities by a few hundredths.
-TOLERANCE = {"none": 1e-5, "float16": 2e-3, "dynamic": 0.05, "int8": 0.08}
-
-TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
-
-
-def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
-    """A tiny CNN saved as <directory>/<name>/best.keras with the run.json that names it."""
-    from cifar_deploy.training import create_model
-
-    run = directory / name
-    run.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else create_model("cnn", **TINY_CNN)
-    model.save(run / "best.keras")
-    (run / "run.json").write_text(json.dumps({"model": name}))
-    return run / "best.keras"
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny CNN, saved once as runs/cnn/best.keras (read-only for every test)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "runs")
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory) -> Path:
-    """A float32 ONNX export of the tiny CNN, shared by the serving tests."""
+def tiny_exports(tiny_model, tmp_path_factory) -> dict:
+    """Every format and quantization of the tiny model, exported once per session:
+    {(format, quantization): Artifact}. Tests copy what they change."""
     from cifar_deploy.export import ExportOptions, export_model
 
-    root = tmp_path_factory.mktemp("tiny_onnx")
-    (art,) = export_model(save_tiny_model(root / "runs"), "onnx",
-                          ExportOptions(quantization="none"), root / "exports")  # fmt: skip
-    return art.path
+    out = tmp_path_factory.mktemp("tiny_exports") / "cnn"
+    artifacts = export_model(tiny_model, "all", ExportOptions(calibration_images=CALIBRATION), out)
+    assert all(a.status == "ok" for a in artifacts), [a.error for a in artifacts]
+    return {(a.format, a.quantization): a for a in artifacts}
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_exports) -> Path:
+    """The float32 ONNX export of the tiny CNN, shared by the serving tests."""
+    return tiny_exports[("onnx", "none")].path

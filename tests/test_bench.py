@@ -9,12 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CALIBRATION, save_tiny_model
 from typer.testing import CliRunner
 
 from cifar_deploy import _tf
 from cifar_deploy.cli import app
-from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.serving.bench import BenchConfig, BenchRow, benchmark, input_pool, time_runs
 
 runner = CliRunner()
@@ -22,13 +20,12 @@ FAST = BenchConfig(batch_sizes=(1, 4), warmup=1, min_time=0.02, min_runs=3)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    model = save_tiny_model(root / "runs")
-    options = ExportOptions(calibration_images=CALIBRATION)
-    (onnx_art,) = export_model(model, "onnx", ExportOptions(quantization="none"), root / "exports")
-    (tflite_art,) = export_model(model, "tflite", options, root / "exports")
-    return {"model": model, "onnx": onnx_art.path, "tflite": tflite_art.path, "root": root}
+def exported(tiny_model, tiny_exports):
+    return {
+        "model": tiny_model,
+        "onnx": tiny_exports[("onnx", "none")].path,
+        "tflite": tiny_exports[("tflite", "int8")].path,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +38,15 @@ def test_one_row_per_artifact_runtime_and_batch(rows):
     rows, _ = rows
     keys = [(r.artifact, r.runtime, r.batch_size) for r in rows]
     assert keys == [
-        ("best.keras", "model.predict", 1), ("best.keras", "model.predict", 4),
-        ("best.keras", "direct call", 1), ("best.keras", "direct call", 4),
-        ("cnn_float32.onnx", "predictor", 1), ("cnn_float32.onnx", "predictor", 4),
-        ("cnn_int8.tflite", "predictor", 1), ("cnn_int8.tflite", "predictor", 4),
-    ]  # fmt: skip
+        ("best.keras", "model.predict", 1),
+        ("best.keras", "model.predict", 4),
+        ("best.keras", "direct call", 1),
+        ("best.keras", "direct call", 4),
+        ("cnn_float32.onnx", "predictor", 1),
+        ("cnn_float32.onnx", "predictor", 4),
+        ("cnn_int8.tflite", "predictor", 1),
+        ("cnn_int8.tflite", "predictor", 4),
+    ]
     assert all(r.status == "ok" for r in rows), [r.reason for r in rows]
 
 
@@ -88,8 +89,9 @@ def _has_gpu() -> bool:
 
 @pytest.mark.skipif(_has_gpu(), reason="checks the no-GPU rows")
 def test_gpu_rows_are_skipped_without_a_gpu(exported):
-    config = BenchConfig(batch_sizes=(1,), warmup=0, min_time=0.0, min_runs=1,
-                         devices=("cpu", "gpu"))  # fmt: skip
+    config = BenchConfig(
+        batch_sizes=(1,), warmup=0, min_time=0.0, min_runs=1, devices=("cpu", "gpu")
+    )
     rows, _ = benchmark([exported["onnx"]], config)
     gpu = [r for r in rows if r.device == "gpu"]
     assert gpu and all(r.status == "skipped" and r.reason == "no GPU" for r in gpu)
@@ -107,19 +109,51 @@ def test_each_timed_run_gets_fresh_input():
 def test_the_cli_writes_json_csv_and_a_plot(exported, tmp_path):
     # A verify JSON for the accuracy panel.
     verify_json = tmp_path / "parity.json"
-    verify_json.write_text(json.dumps([
-        {"name": "cnn_float32.onnx", "path": str(exported["onnx"]), "status": "pass",
-         "accuracy": 0.5},
-        {"name": "cnn_int8.tflite", "path": str(exported["tflite"]), "status": "pass",
-         "accuracy": 0.49},
-    ]))  # fmt: skip
+    verify_json.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "cnn_float32.onnx",
+                    "path": str(exported["onnx"]),
+                    "status": "pass",
+                    "accuracy": 0.5,
+                },
+                {
+                    "name": "cnn_int8.tflite",
+                    "path": str(exported["tflite"]),
+                    "status": "pass",
+                    "accuracy": 0.49,
+                },
+            ]
+        )
+    )
     out = {k: tmp_path / f"bench.{k}" for k in ("json", "csv", "png")}
-    result = runner.invoke(app, [
-        "bench", str(exported["onnx"]), str(exported["tflite"]), "--batch-sizes", "1,2",
-        "--warmup", "1", "--min-time", "0.02", "--min-runs", "3", "--threads", "1",
-        "--json", str(out["json"]), "--csv", str(out["csv"]), "--plot", str(out["png"]),
-        "--accuracy", str(verify_json),
-    ])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(exported["onnx"]),
+            str(exported["tflite"]),
+            "--batch-sizes",
+            "1,2",
+            "--warmup",
+            "1",
+            "--min-time",
+            "0.02",
+            "--min-runs",
+            "3",
+            "--threads",
+            "1",
+            "--json-out",
+            str(out["json"]),
+            "--csv",
+            str(out["csv"]),
+            "--plot",
+            str(out["png"]),
+            "--accuracy",
+            str(verify_json),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out["json"].read_text())
     assert set(data) == {"machine", "rows"} and len(data["rows"]) == 8
@@ -132,30 +166,25 @@ def test_the_cli_writes_json_csv_and_a_plot(exported, tmp_path):
     assert "cnn_int8.tflite" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-sizes", "0,8"], "batch sizes must be >= 1"),
-    (["--batch-sizes", "a,b"], "--batch-sizes must be comma-separated integers"),
-    (["--threads", "0"], "thread counts must be >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "0,8"], "batch sizes must be >= 1"),
+        (["--batch-sizes", "a,b"], "--batch-sizes must be comma-separated integers"),
+        (["--threads", "0"], "thread counts must be >= 1"),
+    ],
+)
 def test_bad_sweep_options_exit_2(exported, args, message):
     result = runner.invoke(app, ["bench", str(exported["onnx"]), *args])
     assert result.exit_code == 2 and message in result.stderr
 
 
-def test_flop_count_of_a_known_model():
-    from conftest import TINY_CNN
-
-    from cifar_deploy.serving.flops import model_flops
-    from cifar_deploy.training import create_model
-
-    model = create_model("cnn", **TINY_CNN)  # convs 3->8 @32x32, 8->16 @16x16, 16->16 @8x8
-    expected = (2 * 32 * 32 * 8 * 27 + 2 * 16 * 16 * 16 * 72 + 2 * 8 * 8 * 16 * 144
-                + 2 * 16 * 16 + 2 * 16 * 10)  # fmt: skip
-    assert model_flops(model) == expected == 1_327_936
-
-
-def test_flop_count_of_the_full_cnn_is_about_0_38_gflops():
-    from cifar_deploy.serving.flops import model_flops
-    from cifar_deploy.training import create_model
-
-    assert 0.37e9 < model_flops(create_model("cnn")) < 0.39e9  # 381M by hand
+def test_cli_json_prints_the_record_on_stdout_and_nothing_else(exported):
+    args = ["bench", str(exported["onnx"]), "--batch-sizes", "1", "--warmup", "0"]
+    args += ["--min-time", "0", "--min-runs", "1", "--no-baseline", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [(r["artifact"], r["batch_size"], r["status"]) for r in data["rows"]] == [
+        ("cnn_float32.onnx", 1, "ok")
+    ]

@@ -34,8 +34,18 @@ def test_help_lists_the_commands():
 def test_train_help_explains_the_options():
     result = invoke("train", "--help")
     assert result.exit_code == 0
-    for option in ("--quick", "--epochs", "--data-dir", "--strategy", "--mixed-precision",
-                   "--max-train-samples", "--val-split", "--seed", "--weights", "--runs-dir"):  # fmt: skip
+    for option in (
+        "--quick",
+        "--epochs",
+        "--data-dir",
+        "--strategy",
+        "--mixed-precision",
+        "--max-train-samples",
+        "--val-split",
+        "--seed",
+        "--weights",
+        "--runs-dir",
+    ):
         assert option in result.stdout
 
 
@@ -89,9 +99,23 @@ def test_data_dir_without_data_exits_2(tmp_path):
 
 
 def test_train_json_prints_the_run_record(tmp_path, cifar_dir):
-    result = invoke("train", "cnn", "--data-dir", cifar_dir, "--runs-dir", tmp_path / "runs",
-                    "--epochs", 1, "--warmup-epochs", 0, "--batch-size", 16,
-                    "--max-train-samples", 40, "--json")  # fmt: skip
+    result = invoke(
+        "train",
+        "cnn",
+        "--data-dir",
+        cifar_dir,
+        "--runs-dir",
+        tmp_path / "runs",
+        "--epochs",
+        1,
+        "--warmup-epochs",
+        0,
+        "--batch-size",
+        16,
+        "--max-train-samples",
+        40,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["status"] == "completed" and info["data"]["train_images"] == 36

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import tarfile
 
 import numpy as np
 import pytest
-from conftest import to_rows, write_batch, write_cifar_dir, write_cifar_tarball
 
 from cifar_deploy import data
 from cifar_deploy.errors import DataFormatError, DataNotFoundError, UnsafePickleError
+from tests.helpers import to_rows, write_batch, write_cifar_dir, write_cifar_tarball
 
 
 def test_loads_a_partial_directory_as_uint8_nhwc(cifar_dir):
@@ -135,12 +136,26 @@ def test_wrong_shape_and_bad_labels_are_refused(tmp_path):
         data.load_cifar10(tmp_path, download=False)
 
 
-def test_missing_test_batch_or_training_batches(tmp_path):
+def test_missing_training_batches(tmp_path):
     d = write_cifar_dir(tmp_path, per_batch=10, test=10)
     (d / "data_batch_1").unlink()
     (d / "data_batch_2").unlink()
     with pytest.raises(DataFormatError, match="no training batches"):
         data.load_cifar10(tmp_path, download=False)
+
+
+def test_missing_test_batch(tmp_path):
+    d = write_cifar_dir(tmp_path / "dir", per_batch=10, test=10)
+    (d / "test_batch").unlink()
+    # a directory without test_batch is not a CIFAR-10 directory at all
+    with pytest.raises(DataNotFoundError, match="holds no CIFAR-10 data; expected .* test_batch"):
+        data.load_cifar10(tmp_path / "dir", download=False)
+    # an archive without it is a damaged release
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(d, arcname="cifar-10-batches-py")
+    with pytest.raises(DataFormatError, match="test_batch is missing"):
+        data.load_cifar10(archive, download=False)
 
 
 def test_stratified_indices_are_exact_balanced_and_seeded():

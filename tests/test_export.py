@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CALIBRATION, TOLERANCE, save_tiny_model
-
 from cifar_deploy import _tf
 from cifar_deploy.cli import app
 from cifar_deploy.errors import (
@@ -22,25 +20,27 @@ from cifar_deploy.errors import (
     InvalidModelError,
     InvalidOptionError,
 )
-from cifar_deploy.export import ExportOptions, export_formats, export_model, read_sidecar
+from cifar_deploy.export import (
+    ExportOptions,
+    check_options,
+    export_formats,
+    export_model,
+    export_targets,
+    read_sidecar,
+)
 from cifar_deploy.export import base as export_base
 from cifar_deploy.export.metadata import sha256_of, sidecar_path
+from tests.helpers import CALIBRATION, TOLERANCE, save_tiny_model
 
 runner = CliRunner()
 ALL_TARGETS = [(f.name, q) for f in export_formats() for q in f.quantizations]
 PROBE = np.random.default_rng(1).integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("runs"))
-
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
-    """Every format and quantization of the tiny model, exported once for the module."""
-    out = tmp_path_factory.mktemp("exports")
-    artifacts = export_model(tiny_model, "all", ExportOptions(calibration_images=CALIBRATION), out)
-    return {(a.format, a.quantization): a for a in artifacts}
+def exported(tiny_exports):
+    """Every format and quantization of the tiny model (the session's shared export)."""
+    return tiny_exports
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,13 @@ def test_every_artifact_exists_with_a_truthful_sidecar(exported, tiny_model, fmt
     assert meta["artifact"]["size_bytes"] == artifact.size_bytes
     assert meta["source"]["sha256"] == sha256_of(tiny_model)
     assert meta["input"]["name"] == "images" and meta["input"]["shape"] == [None, 32, 32, 3]
-    assert meta["output"] == {"name": "probabilities", "shape": [None, 10], "dtype": "float32",
-                              "scale": None, "zero_point": None}  # fmt: skip
+    assert meta["output"] == {
+        "name": "probabilities",
+        "shape": [None, 10],
+        "dtype": "float32",
+        "scale": None,
+        "zero_point": None,
+    }
     assert len(meta["class_names"]) == 10 and meta["class_names"][3] == "cat"
     assert "0..255" in meta["preprocessing"]
     assert {"tensorflow", "numpy", "cifar_deploy"} <= set(meta["versions"])
@@ -116,8 +121,9 @@ def test_tflite_int8_takes_uint8_pixels_untouched(exported):
 
 
 def test_tflite_default_quantization_is_int8(tiny_model, tmp_path):
-    (artifact,) = export_model(tiny_model, "tflite", ExportOptions(calibration_images=CALIBRATION),
-                               tmp_path)  # fmt: skip
+    (artifact,) = export_model(
+        tiny_model, "tflite", ExportOptions(calibration_images=CALIBRATION), tmp_path
+    )
     assert artifact.quantization == "int8" and artifact.path.name == "cnn_int8.tflite"
 
 
@@ -160,12 +166,19 @@ def test_triton_config_parses_as_a_model_config(exported):
     from tritonclient.grpc import model_config_pb2
 
     repo = exported[("triton", "none")].path
-    config = text_format.Parse((repo / "cnn" / "config.pbtxt").read_text(),
-                               model_config_pb2.ModelConfig())  # fmt: skip
+    config = text_format.Parse(
+        (repo / "cnn" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.name == "cnn" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 64 and config.dynamic_batching.max_queue_delay_microseconds > 0
-    assert [i.name for i in config.input] == ["images"] and list(config.input[0].dims) == [32, 32, 3]
-    assert [o.name for o in config.output] == ["probabilities"] and list(config.output[0].dims) == [10]
+    assert [i.name for i in config.input] == ["images"] and list(config.input[0].dims) == [
+        32,
+        32,
+        3,
+    ]
+    assert [o.name for o in config.output] == ["probabilities"] and list(config.output[0].dims) == [
+        10
+    ]
     assert (repo / "cnn" / "1" / "model.onnx").is_file()
 
 
@@ -174,7 +187,22 @@ def test_existing_artifacts_need_force(tiny_model, tmp_path):
     export_model(tiny_model, "onnx", options, tmp_path)
     with pytest.raises(ArtifactExistsError, match="exists; not overwriting"):
         export_model(tiny_model, "onnx", options, tmp_path)
-    export_model(tiny_model, "onnx", ExportOptions(quantization="none", force=True), tmp_path)
+    (again,) = export_model(
+        tiny_model, "onnx", ExportOptions(quantization="none", force=True), tmp_path
+    )
+    assert again.status == "ok"
+
+
+def test_existing_artifacts_are_refused_before_any_conversion(tiny_model, tmp_path, monkeypatch):
+    export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
+    _failing_format(monkeypatch, "tflite", AssertionError("must not convert"))
+    targets = [(f, q) for f in export_formats() for q in f.quantizations if f.name != "savedmodel"]
+    with pytest.raises(ArtifactExistsError, match="cnn_float32.onnx exists"):
+        export_model(tiny_model, targets, ExportOptions(calibration_images=CALIBRATION), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cnn_float32.onnx",
+        "cnn_float32.onnx.json",
+    ]
 
 
 def _failing_format(monkeypatch, name: str, exc: BaseException):
@@ -190,28 +218,40 @@ def _failing_format(monkeypatch, name: str, exc: BaseException):
     monkeypatch.setitem(export_base._FORMATS, name, dataclasses.replace(original, fn=broken))
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("converter crashed"), KeyboardInterrupt()])
-def test_a_failure_mid_export_leaves_nothing_behind(tiny_model, tmp_path, monkeypatch, exc):
-    _failing_format(monkeypatch, "onnx", exc)
-    expected = ExportError if isinstance(exc, RuntimeError) else KeyboardInterrupt
-    with pytest.raises(expected):
-        export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
+def test_a_converter_failure_is_a_failed_row_and_leaves_nothing_behind(
+    tiny_model, tmp_path, monkeypatch
+):
+    _failing_format(monkeypatch, "onnx", RuntimeError("converter crashed"))
+    (row,) = export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
+    assert (row.status, row.path) == ("failed", None)
+    assert isinstance(row.exception, ExportError)
+    assert row.error == "onnx (none) export failed: converter crashed"
     assert list(tmp_path.iterdir()) == []  # no artifact, no sidecar, no staging directory
+
+
+def test_ctrl_c_mid_export_stops_everything_and_leaves_nothing_behind(
+    tiny_model, tmp_path, monkeypatch
+):
+    _failing_format(monkeypatch, "onnx", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failure_keeps_the_previous_artifact(tiny_model, tmp_path, monkeypatch):
     (before,) = export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
     digest = sha256_of(before.path)
     _failing_format(monkeypatch, "onnx", RuntimeError("boom"))
-    with pytest.raises(ExportError, match=r"onnx \(none\) export failed: boom"):
-        export_model(tiny_model, "onnx", ExportOptions(quantization="none", force=True), tmp_path)
+    options = ExportOptions(quantization="none", force=True)
+    (row,) = export_model(tiny_model, "onnx", options, tmp_path)
+    assert row.status == "failed" and row.error == "onnx (none) export failed: boom"
     assert sha256_of(before.path) == digest and sidecar_path(before.path).exists()
 
 
 def test_int8_without_calibration_data_suggests_dynamic(tiny_model, tmp_path, offline):
-    with pytest.raises(DataNotFoundError, match="int8 calibration needs") as e:
-        export_model(tiny_model, "tflite", ExportOptions(quantization="int8"), tmp_path)
-    assert "--quantize dynamic" in e.value.hint
+    (row,) = export_model(tiny_model, "tflite", ExportOptions(quantization="int8"), tmp_path)
+    assert isinstance(row.exception, DataNotFoundError)
+    assert "int8 calibration needs" in row.error and "--quantize dynamic" in row.exception.hint
 
 
 def test_int8_calibrates_on_training_images_from_data_dir(tiny_model, tmp_path, cifar_dir):
@@ -261,14 +301,27 @@ def test_cli_takes_the_newest_run_and_says_so(tmp_path, monkeypatch):
 
 def test_cli_without_runs_says_to_train_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_error(invoke("export", "--format", "tflite"), 2, "no trained model found",
-                 "cifar-deploy train")  # fmt: skip
+    assert_error(
+        invoke("export", "--format", "tflite"), 2, "no trained model found", "cifar-deploy train"
+    )
 
 
 def test_cli_all_continues_past_a_failed_format(tiny_model, tmp_path, monkeypatch, cifar_dir):
     _failing_format(monkeypatch, "onnx", RuntimeError("converter crashed"))
-    result = invoke("export", "--model", tiny_model, "--format", "all", "--out", tmp_path / "out",
-                    "--data-dir", cifar_dir, "--calibration-samples", 40, "--json")  # fmt: skip
+    result = invoke(
+        "export",
+        "--model",
+        tiny_model,
+        "--format",
+        "all",
+        "--out",
+        tmp_path / "out",
+        "--data-dir",
+        cifar_dir,
+        "--calibration-samples",
+        40,
+        "--json",
+    )
     assert result.exit_code == 1, result.output
     rows = json.loads(result.stdout)
     failed = [(r["format"], r["quantization"]) for r in rows if r["status"] == "failed"]
@@ -279,8 +332,17 @@ def test_cli_all_continues_past_a_failed_format(tiny_model, tmp_path, monkeypatc
 
 
 def test_cli_table_shows_every_row(tiny_model, tmp_path):
-    result = invoke("export", "--model", tiny_model, "--format", "onnx", "--quantize", "float16",
-                    "--out", tmp_path)  # fmt: skip
+    result = invoke(
+        "export",
+        "--model",
+        tiny_model,
+        "--format",
+        "onnx",
+        "--quantize",
+        "float16",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     assert "cnn_float16.onnx" in result.stdout and "ok" in result.stdout
 
@@ -288,12 +350,14 @@ def test_cli_table_shows_every_row(tiny_model, tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--format", "savedmodel", "--quantize", "int8"],
-         ["--format savedmodel does not support --quantize int8", "expected one of: none"]),
+        (
+            ["--format", "savedmodel", "--quantize", "int8"],
+            ["--format savedmodel does not support --quantize int8", "expected one of: none"],
+        ),
         (["--format", "all", "--quantize", "int8"], ["--format all exports every quantization"]),
         (["--format", "onnx", "--opset", "9"], ["--opset 9 is not supported"]),
     ],
-)  # fmt: skip
+)
 def test_cli_rejects_options_a_format_does_not_support(tiny_model, tmp_path, args, fragments):
     assert_error(invoke("export", "--model", tiny_model, "--out", tmp_path, *args), 2, *fragments)
 
@@ -304,9 +368,13 @@ def test_cli_unknown_format_exits_2(tiny_model):
 
 
 def _broken_model_files(tmp_path: Path, good: Path) -> dict[str, Path]:
-    files = {"missing": tmp_path / "nope.keras", "empty": tmp_path / "empty.keras",
-             "truncated": tmp_path / "truncated.keras", "not keras": tmp_path / "notes.keras",
-             "h5": tmp_path / "model.h5"}  # fmt: skip
+    files = {
+        "missing": tmp_path / "nope.keras",
+        "empty": tmp_path / "empty.keras",
+        "truncated": tmp_path / "truncated.keras",
+        "not keras": tmp_path / "notes.keras",
+        "h5": tmp_path / "model.h5",
+    }
     files["empty"].write_bytes(b"")
     data = good.read_bytes()
     files["truncated"].write_bytes(data[: len(data) // 2])
@@ -318,8 +386,9 @@ def _broken_model_files(tmp_path: Path, good: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "not keras", "h5",
-                                  "bad zip content"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["missing", "empty", "truncated", "not keras", "h5", "bad zip content"]
+)
 def test_cli_broken_model_files_exit_2_with_one_line(tiny_model, tmp_path, kind):
     path = _broken_model_files(tmp_path, tiny_model)[kind]
     result = invoke("export", "--model", path, "--format", "onnx", "--out", tmp_path / "out")
@@ -335,6 +404,46 @@ def test_cli_existing_artifact_without_force_exits_2(tiny_model, tmp_path):
 
 
 def test_invalid_io_type_combination_is_refused(tiny_model, tmp_path):
-    with pytest.raises(InvalidOptionError, match="--io-type applies to --quantize int8 only"):
-        export_model(tiny_model, "tflite", ExportOptions(quantization="dynamic", io_type="int8"),
-                     tmp_path)  # fmt: skip
+    with pytest.raises(InvalidOptionError, match=r"--io-type does not apply to tflite \(dynamic\)"):
+        export_model(
+            tiny_model, "tflite", ExportOptions(quantization="dynamic", io_type="int8"), tmp_path
+        )
+
+
+def test_options_are_checked_against_every_target_before_any_work():
+    every = export_targets("all")
+    notes = check_options(every, ExportOptions(io_type="int8", opset=17))
+    assert notes == [
+        "--io-type int8 applies to tflite (int8) only",
+        "--opset 17 applies to onnx (none), onnx (float16), onnx (int8), triton (none) only",
+    ]
+    assert check_options(export_targets("tflite", "int8"), ExportOptions(io_type="int8")) == []
+    with pytest.raises(InvalidOptionError, match="--max-batch-size 0 is not supported"):
+        check_options(every, ExportOptions(max_batch_size=0))
+    with pytest.raises(InvalidOptionError, match="--calibration-samples 0 is not supported"):
+        check_options(every, ExportOptions(calibration_samples=0))
+    with pytest.raises(InvalidOptionError, match=r"--opset does not apply to tflite \(int8\)"):
+        check_options(export_targets("tflite"), ExportOptions(opset=18))
+
+
+def test_cli_an_option_no_target_reads_exits_2_before_converting(tiny_model, tmp_path, monkeypatch):
+    _failing_format(monkeypatch, "onnx", AssertionError("must not convert"))
+    result = invoke(
+        "export",
+        "--model",
+        tiny_model,
+        "--format",
+        "onnx",
+        "--io-type",
+        "int8",
+        "--out",
+        tmp_path / "out",
+    )
+    assert_error(result, 2, "--io-type does not apply to onnx (none)", "tflite (int8)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_one_failed_target_is_one_line_and_exit_1(tiny_model, tmp_path, monkeypatch):
+    _failing_format(monkeypatch, "onnx", RuntimeError("converter crashed"))
+    result = invoke("export", "--model", tiny_model, "--format", "onnx", "--out", tmp_path)
+    assert_error(result, 1, "onnx (none) export failed: converter crashed")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import CALIBRATION, TINY_CNN, save_tiny_model
 from typer.testing import CliRunner
 
 from cifar_deploy import _tf
-from cifar_deploy.cli import app
+from cifar_deploy.cli import app, legacy_args
 from cifar_deploy.errors import InvalidModelError, InvalidOptionError
 from cifar_deploy.export import ExportOptions, export_model
-from cifar_deploy.serving.parity import (
+from cifar_deploy.serving.verify import (
     TOLERANCES,
     Tolerance,
     compare,
@@ -23,6 +24,7 @@ from cifar_deploy.serving.parity import (
     verify,
 )
 from cifar_deploy.training import create_model
+from tests.helpers import TINY_CNN, copy_artifacts, save_tiny_model
 
 runner = CliRunner()
 
@@ -63,37 +65,43 @@ def test_compare_figures():
 
 def test_judge_names_every_broken_tolerance():
     figures = {"max_abs_diff": 0.2, "agreement": 0.9, "accuracy_diff": -3.0}
-    assert judge(figures, TOLERANCES["none"]) == ["max abs diff 2.00e-01 > 0.0001",
-                                                  "agreement 90.00% < 99.90%"]  # fmt: skip
+    assert judge(figures, TOLERANCES["none"]) == [
+        "max abs diff 2.00e-01 > 0.0001",
+        "agreement 90.00% < 99.90%",
+    ]
     assert judge(figures, TOLERANCES["int8"]) == ["accuracy drop 3.00 points > 1"]
-    assert judge({"max_abs_diff": 0.0, "agreement": 1.0, "accuracy_diff": 0.0},
-                 TOLERANCES["none"]) == []  # fmt: skip
+    assert (
+        judge({"max_abs_diff": 0.0, "agreement": 1.0, "accuracy_diff": 0.0}, TOLERANCES["none"])
+        == []
+    )
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A tiny model, its float exports, and a damaged twin exported with the same name."""
+def workspace(tiny_model, tiny_exports, tmp_path_factory):
+    """The tiny model, a directory of its float32 exports, and a damaged twin exported with the
+    same name."""
     keras = _tf.keras()
     root = tmp_path_factory.mktemp("parity")
-    good = save_tiny_model(root / "runs")
-    options = ExportOptions(calibration_images=CALIBRATION, quantization="none")
-    exports = root / "exports" / "cnn"
-    export_model(good, "onnx", options, exports)
-    export_model(good, "tflite", options, exports)
-    export_model(good, "savedmodel", options, exports)
+    floats = [tiny_exports[(f, "none")] for f in ("onnx", "tflite", "savedmodel")]
+    exports = copy_artifacts(floats, root / "exports" / "cnn")
     # The damaged twin: the same architecture with every kernel perturbed.
     damaged = create_model("cnn", **TINY_CNN)
-    damaged.set_weights(keras.models.load_model(good).get_weights())
+    damaged.set_weights(keras.models.load_model(tiny_model).get_weights())
     rng = np.random.default_rng(0)
-    damaged.set_weights([w + rng.normal(0, 0.5, w.shape).astype(w.dtype) if w.ndim > 1 else w
-                         for w in damaged.get_weights()])  # fmt: skip
+    damaged.set_weights(
+        [
+            w + rng.normal(0, 0.5, w.shape).astype(w.dtype) if w.ndim > 1 else w
+            for w in damaged.get_weights()
+        ]
+    )
     bad_source = save_tiny_model(root / "damaged_runs", model=damaged)
+    options = ExportOptions(quantization="none")
     (bad,) = export_model(bad_source, "onnx", options, root / "damaged")
-    return {"good": good, "exports": exports, "damaged": bad.path, "root": root}
+    return {"good": tiny_model, "exports": exports, "damaged": bad.path, "root": root}
 
 
 def test_float32_exports_pass_against_their_source(workspace, cifar_dir):
-    rows = verify([workspace["exports"]], data_dir=str(cifar_dir))
+    rows = verify([workspace["exports"]], data_dir=cifar_dir)
     assert rows[0].status == "reference" and rows[0].samples == 60
     assert [r.status for r in rows[1:]] == ["pass"] * 3, [r.reasons for r in rows]
     for row in rows[1:]:
@@ -101,15 +109,19 @@ def test_float32_exports_pass_against_their_source(workspace, cifar_dir):
 
 
 def test_a_damaged_artifact_fails_verification(workspace, cifar_dir):
-    rows = verify([workspace["damaged"]], reference=workspace["good"], data_dir=str(cifar_dir))
+    rows = verify([workspace["damaged"]], reference=workspace["good"], data_dir=cifar_dir)
     (row,) = rows[1:]
     assert row.status == "fail"
     assert any(r.startswith("max abs diff") for r in row.reasons)
 
 
 def test_loosened_tolerances_let_the_damaged_artifact_pass(workspace, cifar_dir):
-    rows = verify([workspace["damaged"]], reference=workspace["good"], data_dir=str(cifar_dir),
-                  overrides={"max_abs_diff": 1.0, "min_agreement": 0.0})  # fmt: skip
+    rows = verify(
+        [workspace["damaged"]],
+        reference=workspace["good"],
+        data_dir=cifar_dir,
+        overrides={"max_abs_diff": 1.0, "min_agreement": 0.0},
+    )
     assert rows[1].status == "pass"
 
 
@@ -117,13 +129,13 @@ def test_artifacts_of_different_models_are_refused(workspace, cifar_dir, tmp_pat
     other = save_tiny_model(tmp_path / "runs", name="other")
     (art,) = export_model(other, "onnx", ExportOptions(quantization="none"), tmp_path / "x")
     with pytest.raises(InvalidOptionError, match="different models in one call: cnn, other"):
-        verify([workspace["exports"], art.path], data_dir=str(cifar_dir))
+        verify([workspace["exports"], art.path], data_dir=cifar_dir)
 
 
 def test_a_reference_that_is_not_keras_is_refused(workspace, cifar_dir):
     onnx_path = workspace["exports"] / "cnn_float32.onnx"
     with pytest.raises(InvalidModelError, match="reference must be a Keras .keras model"):
-        verify([onnx_path], reference=onnx_path, data_dir=str(cifar_dir))
+        verify([onnx_path], reference=onnx_path, data_dir=cifar_dir)
 
 
 def invoke(*args):
@@ -132,19 +144,59 @@ def invoke(*args):
 
 def test_cli_verify_passes_writes_json_and_markdown(workspace, cifar_dir, tmp_path):
     md = tmp_path / "parity.md"
-    result = invoke("verify", workspace["exports"], "--data-dir", cifar_dir, "--json", "-",
-                    "--markdown", md)  # fmt: skip
+    result = invoke(
+        "verify", workspace["exports"], "--data-dir", cifar_dir, "--json", "--markdown", md
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["status"] for r in rows] == ["reference", "pass", "pass", "pass"]
-    assert {"accuracy", "accuracy_diff", "agreement", "max_abs_diff", "mean_abs_diff",
-            "worst_class_diff", "ece"} <= set(rows[1])  # fmt: skip
+    assert {
+        "accuracy",
+        "accuracy_diff",
+        "agreement",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "worst_class_diff",
+        "ece",
+    } <= set(rows[1])
     assert md.read_text().count("| pass") == 3
 
 
+def test_cli_verify_json_out_writes_the_rows_beside_the_table(workspace, cifar_dir, tmp_path):
+    out = tmp_path / "rows.json"
+    result = invoke("verify", workspace["exports"], "--data-dir", cifar_dir, "--json-out", out)
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in json.loads(out.read_text())] == ["reference"] + ["pass"] * 3
+    assert "Parity on 60 test images" in result.stdout
+
+
+def test_the_old_json_file_spelling_is_rewritten_with_a_note():
+    args, notes = legacy_args(["verify", "exports/cnn", "--json", "out.json"])
+    assert args == ["verify", "exports/cnn", "--json-out", "out.json"]
+    assert notes == ["--json FILE is deprecated: use --json-out out.json"]
+    assert legacy_args(["-v", "bench", "--json", "-"])[0] == ["-v", "bench", "--json"]
+    assert legacy_args(["bench", "--json=b.json"])[0] == ["bench", "--json-out", "b.json"]
+    # an artifact after the flag stays an artifact; other commands are left alone
+    assert legacy_args(["verify", "--json", "a.onnx"]) == (["verify", "--json", "a.onnx"], [])
+    assert legacy_args(["export", "--json", "x.json"]) == (["export", "--json", "x.json"], [])
+
+
+def test_the_console_script_still_takes_json_file(workspace, cifar_dir, tmp_path):
+    out = tmp_path / "old.json"
+    code = "import sys; from cifar_deploy.cli import main; sys.argv[0] = 'cifar-deploy'; main()"
+    args = ["verify", str(workspace["exports"]), "--data-dir", str(cifar_dir), "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--json FILE is deprecated: use --json-out" in done.stderr
+    assert len(json.loads(out.read_text())) == 4
+
+
 def test_cli_verify_exit_1_on_a_damaged_artifact(workspace, cifar_dir):
-    result = invoke("verify", workspace["damaged"], "--reference", workspace["good"],
-                    "--data-dir", cifar_dir)  # fmt: skip
+    result = invoke(
+        "verify", workspace["damaged"], "--reference", workspace["good"], "--data-dir", cifar_dir
+    )
     assert result.exit_code == 1, result.output
     assert "fail" in result.stdout
 
@@ -165,6 +217,6 @@ def test_cli_verify_without_exports_says_to_export(tmp_path, monkeypatch):
 
 @pytest.mark.real_data
 def test_float_exports_keep_parity_on_real_test_images(workspace, real_data_dir):
-    rows = verify([workspace["exports"]], data_dir=str(real_data_dir), samples=500)
+    rows = verify([workspace["exports"]], data_dir=real_data_dir, samples=500)
     assert rows[0].samples == 500
     assert all(r.status == "pass" for r in rows[1:]), [r.reasons for r in rows]

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import TINY_CNN
 from typer.testing import CliRunner
 
 from cifar_deploy import pipeline
 from cifar_deploy.cli import app
 from cifar_deploy.errors import ExportError
 from cifar_deploy.pipeline import PipelineConfig, run_pipeline
+from tests.helpers import TINY_CNN
 
 runner = CliRunner()
 STAGES = ["train", "export", "verify", "bench", "report"]
 
 
 def tiny_config(tmp_path, data_dir, **kw) -> PipelineConfig:
-    return PipelineConfig(model="cnn", epochs=1, data_dir=str(data_dir),
-                          runs_dir=tmp_path / "runs", exports_dir=tmp_path / "exports",
-                          formats=("tflite", "onnx"), bench_batch_sizes=(1, 2),
-                          bench_min_time=0.01, model_kwargs=TINY_CNN, **kw)  # fmt: skip
+    return PipelineConfig(
+        model="cnn",
+        epochs=1,
+        data_dir=data_dir,
+        runs_dir=tmp_path / "runs",
+        exports_dir=tmp_path / "exports",
+        formats=kw.pop("formats", ("tflite", "onnx")),
+        bench_batch_sizes=(1, 2),
+        bench_min_time=0.01,
+        model_kwargs=TINY_CNN,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One complete tiny pipeline run, shared by the tests that only read its results."""
-    from conftest import write_cifar_dir
+    from tests.helpers import write_cifar_dir
 
     root = tmp_path_factory.mktemp("pipeline")
     data = write_cifar_dir(root / "data").parent
@@ -40,8 +51,16 @@ def test_every_stage_runs_and_the_report_is_written(finished):
     cfg, results = finished
     assert [(r.name, r.status) for r in results] == [(s, "done") for s in STAGES], results
     run = cfg.run_dir
-    for name in ("best.keras", "history.csv", "run.json", "parity.json", "bench.json",
-                 "report.md", "report.json", "report.html"):  # fmt: skip
+    for name in (
+        "best.keras",
+        "history.csv",
+        "run.json",
+        "parity.json",
+        "bench.json",
+        "report.md",
+        "report.json",
+        "report.html",
+    ):
         assert (run / name).stat().st_size > 0, name
     for plot in ("training.png", "latency.png", "accuracy.png"):
         assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,26 +75,41 @@ def test_report_names_the_smallest_and_fastest_passing_artifacts(finished):
     passing = [r for r in rows.values() if r["status"] == "pass"]
     smallest = min(passing, key=lambda r: r["size_bytes"])
     fastest = min(passing, key=lambda r: r["p50_ms_batch1"])
-    assert report["recommendation"] == {"smallest_passing": smallest["artifact"],
-                                        "fastest_passing": fastest["artifact"]}  # fmt: skip
+    assert report["recommendation"] == {
+        "smallest_passing": smallest["artifact"],
+        "fastest_passing": fastest["artifact"],
+    }
     assert all(r["size_bytes"] > 0 and r["best_throughput"] > 0 for r in rows.values())
     md = (cfg.run_dir / "report.md").read_text()
     assert "Recommendation" in md and smallest["artifact"] in md and "![training curves]" in md
     assert report["machine"]["cores"] >= 1
 
 
-def test_a_second_run_skips_every_stage(finished):
+def copy_of(finished, tmp_path) -> PipelineConfig:
+    """A private copy of the finished run (files and times), so no test changes another's."""
     cfg, _ = finished
+    for name in ("runs", "exports"):
+        shutil.copytree(Path(getattr(cfg, f"{name}_dir")), tmp_path / name)
+    return dataclasses.replace(cfg, runs_dir=tmp_path / "runs", exports_dir=tmp_path / "exports")
+
+
+def set_times(root: Path, when: float) -> None:
+    for path in root.rglob("*"):
+        os.utime(path, (when, when))
+
+
+def test_a_second_run_skips_every_stage(finished, tmp_path):
+    cfg = copy_of(finished, tmp_path)
     results = run_pipeline(cfg)
     assert [r.status for r in results] == ["skipped"] * 5
     assert all("up to date" in r.detail for r in results)
 
 
-def test_a_newer_input_reruns_the_stages_after_it(finished):
-    cfg, _ = finished
+def test_a_newer_input_reruns_the_stages_after_it(finished, tmp_path):
+    cfg = copy_of(finished, tmp_path)
+    set_times(tmp_path, 1_700_000_000)  # every file equally old: every stage up to date
     parity = cfg.run_dir / "parity.json"
-    future = parity.stat().st_mtime + 10
-    os.utime(parity, (future, future))  # verify's output is now newer than the report
+    os.utime(parity, (1_700_000_001, 1_700_000_001))  # verify's output is now newer than the report
     results = run_pipeline(cfg)
     assert [r.status for r in results] == ["skipped"] * 4 + ["done"]
 
@@ -88,8 +122,9 @@ def test_force_redoes_everything(tmp_path, cifar_dir):
     assert [r.status for r in first] == [r.status for r in again] == ["done"] * 5
 
 
-def test_a_failed_stage_stops_the_later_ones_and_keeps_earlier_results(tmp_path, cifar_dir,
-                                                                     monkeypatch):  # fmt: skip
+def test_a_failed_stage_stops_the_later_ones_and_keeps_earlier_results(
+    tmp_path, cifar_dir, monkeypatch
+):
     def broken_export(cfg):
         raise ExportError("onnx (none) export failed: converter crashed")
 
@@ -105,17 +140,32 @@ def test_a_failed_stage_stops_the_later_ones_and_keeps_earlier_results(tmp_path,
 def test_unknown_model_or_format_fails_before_any_work(tmp_path, cifar_dir):
     result = runner.invoke(app, ["pipeline", "cnnx", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown model 'cnnx'" in result.stderr
-    result = runner.invoke(app, ["pipeline", "cnn", "--formats", "coreml", "--runs-dir",
-                                 str(tmp_path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["pipeline", "cnn", "--formats", "coreml", "--runs-dir", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "unknown format 'coreml'" in result.stderr
     assert not (tmp_path / "cnn").exists()
 
 
 @pytest.mark.slow
 def test_cli_pipeline_end_to_end_on_synthetic_data(tmp_path, cifar_dir):
-    args = ["pipeline", "cnn", "--epochs", "1", "--data-dir", str(cifar_dir), "--runs-dir",
-            str(tmp_path / "runs"), "--exports-dir", str(tmp_path / "exports"),
-            "--bench-batch-sizes", "1", "--bench-min-time", "0.01", "--json"]  # fmt: skip
+    args = [
+        "pipeline",
+        "cnn",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(cifar_dir),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--exports-dir",
+        str(tmp_path / "exports"),
+        "--bench-batch-sizes",
+        "1",
+        "--bench-min-time",
+        "0.01",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     stages = json.loads(result.stdout)
@@ -124,3 +174,29 @@ def test_cli_pipeline_end_to_end_on_synthetic_data(tmp_path, cifar_dir):
     assert len(report["artifacts"]) == 9
     again = runner.invoke(app, args)
     assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 5
+
+
+def test_the_export_stage_tries_every_target_and_names_each_failure(
+    tmp_path, cifar_dir, monkeypatch
+):
+    from cifar_deploy.export import base as export_base
+
+    def broken(source, staging, options, quantization):
+        raise RuntimeError("converter crashed")
+
+    savedmodel = export_base._FORMATS["savedmodel"]
+    monkeypatch.setitem(
+        export_base._FORMATS, "savedmodel", dataclasses.replace(savedmodel, fn=broken)
+    )
+    cfg = tiny_config(tmp_path, cifar_dir, formats=("savedmodel", "onnx"))
+    results = run_pipeline(cfg)
+    assert [r.status for r in results] == ["done", "failed", "not run", "not run", "not run"]
+    assert results[1].detail == (
+        "1 of 4 exports failed: savedmodel (none) export failed: converter crashed"
+    )
+    # the failure came first, and the three ONNX targets after it were still exported
+    assert sorted(p.name for p in cfg.export_dir.glob("*.json")) == [
+        "cnn_float16.onnx.json",
+        "cnn_float32.onnx.json",
+        "cnn_int8.onnx.json",
+    ]

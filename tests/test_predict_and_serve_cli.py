@@ -41,12 +41,27 @@ def test_predict_classifies_files_and_reports_bad_ones(artifact, tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"nope")
     missing = tmp_path / "missing.jpg"
-    result = runner.invoke(app, ["predict", str(artifact), str(png), str(junk), str(jpg),
-                                 str(missing), "--top-k", "2", "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(artifact),
+            str(png),
+            str(junk),
+            str(jpg),
+            str(missing),
+            "--top-k",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 1, result.output
     records = {os.path.basename(r["file"]): r for r in json.loads(result.stdout)}
     assert len(records["a.png"]["predictions"]) == 2 and records["a.png"]["error"] is None
-    assert records["b.jpg"]["predictions"][0]["probability"] >= records["b.jpg"]["predictions"][1]["probability"]
+    assert (
+        records["b.jpg"]["predictions"][0]["probability"]
+        >= records["b.jpg"]["predictions"][1]["probability"]
+    )
     assert "not a decodable PNG or JPEG" in records["junk.png"]["error"]
     assert records["missing.jpg"]["error"]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -85,8 +100,10 @@ def test_batcher_stop_finishes_queued_requests():
     async def main():
         batcher = DynamicBatcher(lambda x: np.zeros((len(x), 10), np.float32), 4, 1)
         batcher.start()
-        tasks = [asyncio.ensure_future(batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)))
-                 for _ in range(20)]  # fmt: skip
+        tasks = [
+            asyncio.ensure_future(batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)))
+            for _ in range(20)
+        ]
         await asyncio.sleep(0)
         await batcher.stop()
         return [t.done() and not t.exception() for t in tasks]
@@ -103,8 +120,11 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_serve_starts_answers_and_stops_on_sigterm(artifact):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_deploy.cli", "serve", str(artifact),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_deploy.cli", "serve", str(artifact), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -117,8 +137,11 @@ def test_serve_starts_answers_and_stops_on_sigterm(artifact):
         assert meta["inputs"][0]["name"] == "images"
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
-        r = requests.post(f"http://127.0.0.1:{port}/v1/classify",
-                          files={"file": ("red.png", buffer.getvalue())}, timeout=10)  # fmt: skip
+        r = requests.post(
+            f"http://127.0.0.1:{port}/v1/classify",
+            files={"file": ("red.png", buffer.getvalue())},
+            timeout=10,
+        )
         assert r.status_code == 200 and len(r.json()["predictions"]) == 3
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -21,7 +21,13 @@ from cifar_deploy.training.recipes import (
 def test_default_recipes_match_the_reference_results():
     cnn = get_model_spec("cnn").recipe
     (p,) = cnn.phases
-    assert (p.optimizer, p.nesterov, p.momentum, p.epochs, p.warmup_epochs) == ("sgd", True, 0.9, 200, 5)
+    assert (p.optimizer, p.nesterov, p.momentum, p.epochs, p.warmup_epochs) == (
+        "sgd",
+        True,
+        0.9,
+        200,
+        5,
+    )
     assert (cnn.label_smoothing, cnn.crop_padding, cnn.flip, cnn.batch_size) == (0.1, 4, True, 128)
     mnv2 = get_model_spec("mobilenetv2").recipe
     head, fine = mnv2.phases
@@ -30,7 +36,13 @@ def test_default_recipes_match_the_reference_results():
     assert (mnv2.finetune_fraction, mnv2.early_stopping_patience) == (0.5, 6)
     wrn = get_model_spec("wrn-28-10").recipe
     (w,) = wrn.phases
-    assert (wrn.mixup_alpha, wrn.weight_decay, w.lr, w.final_lr, w.epochs) == (0.2, 5e-4, 0.1, 1e-3, 300)
+    assert (wrn.mixup_alpha, wrn.weight_decay, w.lr, w.final_lr, w.epochs) == (
+        0.2,
+        5e-4,
+        0.1,
+        1e-3,
+        300,
+    )
     assert wrn.early_stopping_patience
 
 
@@ -48,18 +60,22 @@ def test_a_short_run_shrinks_the_warmup_to_a_quarter_of_its_epochs():
 
 def test_quick_preset_exists_only_for_the_cnn():
     assert resolve_recipe("cnn", quick=True).epochs < 30
-    with pytest.raises(InvalidOptionError, match="--quick is a preset for cnn; received model 'wrn-28-10'"):
+    with pytest.raises(
+        InvalidOptionError, match="--quick is a preset for cnn; received model 'wrn-28-10'"
+    ):
         resolve_recipe("wrn-28-10", quick=True)
 
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"batch_size": 0}, "batch size must be at least 1, received 0"),
-     ({"label_smoothing": 1.5}, r"label smoothing must be in \[0, 1\)"),
-     ({"val_split": 1.0}, "validation split"),
-     ({"lr": -1.0}, "learning rate"),
-     ({"warmup_epochs": 500}, "warmup epochs")],
-)  # fmt: skip
+    [
+        ({"batch_size": 0}, "batch size must be at least 1, received 0"),
+        ({"label_smoothing": 1.5}, r"label smoothing must be in \[0, 1\)"),
+        ({"val_split": 1.0}, "validation split"),
+        ({"lr": -1.0}, "learning rate"),
+        ({"warmup_epochs": 500}, "warmup epochs"),
+    ],
+)
 def test_bad_recipe_values_are_refused_with_what_was_received(override, message):
     with pytest.raises(InvalidOptionError, match=message):
         get_model_spec("cnn").recipe.with_overrides(**override)
@@ -106,8 +122,12 @@ def test_random_crop_is_a_per_image_shift_of_the_zero_padded_image():
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
     offsets = set()
     for i in range(16):
-        matches = [(oy, ox) for oy in range(9) for ox in range(9)
-                   if np.array_equal(padded[i, oy:oy + 32, ox:ox + 32], out[i])]  # fmt: skip
+        matches = [
+            (oy, ox)
+            for oy in range(9)
+            for ox in range(9)
+            if np.array_equal(padded[i, oy : oy + 32, ox : ox + 32], out[i])
+        ]
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 1  # offsets differ between images of one batch
@@ -129,8 +149,9 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     # blended label: the images and the labels must have been mixed with the same weights.
     labels = np.arange(64) % 10
     images = np.broadcast_to((labels * 20).astype(np.uint8)[:, None, None, None], (64, 32, 32, 3))
-    recipe = Recipe(phases=(Phase("t", 1),), batch_size=64, crop_padding=0, flip=False,
-                    mixup_alpha=0.2)  # fmt: skip
+    recipe = Recipe(
+        phases=(Phase("t", 1),), batch_size=64, crop_padding=0, flip=False, mixup_alpha=0.2
+    )
     x, y = next(iter(train_dataset(np.ascontiguousarray(images), labels, recipe, seed=3)))
     x, y = np.asarray(x), np.asarray(y)
     np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import CALIBRATION, TOLERANCE, save_tiny_model
 
 from cifar_deploy import _tf
 from cifar_deploy.errors import DeviceUnavailableError, InvalidModelError, InvalidOptionError
 from cifar_deploy.export import ExportOptions, export_formats, export_model
 from cifar_deploy.serving import PREDICTORS, check_images, load_predictor
+from tests.helpers import CALIBRATION, TOLERANCE
 
 TARGETS = [(f.name, q) for f in export_formats() for q in f.quantizations]
 IMAGES = np.random.default_rng(5).integers(0, 256, size=(9, 32, 32, 3), dtype=np.uint8)
@@ -19,15 +20,13 @@ KIND = {"savedmodel": "savedmodel", "tflite": "tflite", "onnx": "onnx", "triton"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("runs"))
+def model_path(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def artifacts(model_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports")
-    done = export_model(model_path, "all", ExportOptions(calibration_images=CALIBRATION), out)
-    return {(a.format, a.quantization): a.path for a in done}
+def artifacts(tiny_exports):
+    return {key: a.path for key, a in tiny_exports.items()}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,9 @@ def test_each_predictor_matches_keras(artifacts, keras_probs, fmt, quantization)
     assert np.abs(probs - keras_probs).max() <= TOLERANCE[quantization]
 
 
-@pytest.mark.parametrize("fmt, quantization", [("tflite", "int8"), ("tflite", "none"), ("onnx", "none")])
+@pytest.mark.parametrize(
+    "fmt, quantization", [("tflite", "int8"), ("tflite", "none"), ("onnx", "none")]
+)
 def test_batch_size_and_input_dtype_do_not_change_results(artifacts, fmt, quantization):
     predictor = load_predictor(artifacts[(fmt, quantization)])
     whole = predictor.predict(IMAGES)
@@ -70,16 +71,33 @@ def test_tflite_int8_quantizes_input_with_the_sidecar_scale(model_path, artifact
     np.testing.assert_allclose(predictor.predict(IMAGES), uint8_input, atol=0.03)
 
 
-def test_the_tflite_predictor_uses_explicit_threads(artifacts):
+def test_the_tflite_predictor_passes_explicit_threads_to_litert(artifacts, monkeypatch):
+    from ai_edge_litert import interpreter as litert
+
+    seen = []
+    real = litert.Interpreter
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("num_threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(litert, "Interpreter", recording)
     assert load_predictor(artifacts[("tflite", "int8")], threads=1).threads == 1
-    assert load_predictor(artifacts[("tflite", "int8")]).threads >= 1
+    assert load_predictor(artifacts[("tflite", "int8")]).threads == os.cpu_count()
+    assert seen == [1, os.cpu_count()]  # never LiteRT's own default of one thread
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((32, 32)), r"expected images of shape \(N, 32, 32, 3\), received \(32, 32\)"),
-    (np.zeros((2, 28, 28, 3)), r"received \(2, 28, 28, 3\)"),
-    (np.array([["a"] * 3] * 32 * 32 * 2).reshape(2, 32, 32, 3), "expected uint8 or float pixels"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((32, 32)), r"expected images of shape \(N, 32, 32, 3\), received \(32, 32\)"),
+        (np.zeros((2, 28, 28, 3)), r"received \(2, 28, 28, 3\)"),
+        (
+            np.array([["a"] * 3] * 32 * 32 * 2).reshape(2, 32, 32, 3),
+            "expected uint8 or float pixels",
+        ),
+    ],
+)
 def test_bad_image_batches_are_refused(bad, message):
     with pytest.raises(InvalidOptionError, match=message):
         check_images(bad)
@@ -143,3 +161,20 @@ def test_results_do_not_alias_the_runtime_buffers(artifacts, fmt, quantization):
     kept = first.copy()
     predictor.predict(IMAGES[1:2])  # a second call must not overwrite the first answer
     np.testing.assert_array_equal(first, kept)
+
+
+def test_a_bare_artifact_gets_a_record_built_from_the_file(artifacts, tmp_path):
+    src = artifacts[("tflite", "int8")]
+    bare = tmp_path / "bare.tflite"
+    shutil.copy(src, bare)  # no sidecar beside it
+    predictor = load_predictor(bare)
+    meta = predictor.metadata
+    assert (meta.from_sidecar, meta.format, meta.model_name, meta.source) == (
+        False,
+        "tflite",
+        "bare",
+        None,
+    )
+    assert predictor.class_names[3] == "cat" and meta.artifact.size_bytes == src.stat().st_size
+    # the input quantization comes from the file itself: same answers as with the sidecar
+    np.testing.assert_array_equal(predictor.predict(IMAGES), load_predictor(src).predict(IMAGES))

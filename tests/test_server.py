@@ -36,8 +36,9 @@ def predictor(artifact):
 def server(predictor):
     import uvicorn
 
-    app = create_app(predictor, "cnn", max_batch_size=64, max_queue_delay_ms=5,
-                     max_payload_bytes=LIMIT)  # fmt: skip
+    app = create_app(
+        predictor, "cnn", max_batch_size=64, max_queue_delay_ms=5, max_payload_bytes=LIMIT
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -63,8 +64,9 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 def infer(client, batch: np.ndarray, binary: bool = True, datatype: str = "FP32"):
     tensor = httpclient.InferInput("images", list(batch.shape), datatype)
-    tensor.set_data_from_numpy(batch.astype(np.float32 if datatype == "FP32" else np.uint8),
-                               binary_data=binary)  # fmt: skip
+    tensor.set_data_from_numpy(
+        batch.astype(np.float32 if datatype == "FP32" else np.uint8), binary_data=binary
+    )
     wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
     return client.infer("cnn", [tensor], outputs=wanted).as_numpy("probabilities")
 
@@ -95,8 +97,9 @@ def test_infer_without_requested_outputs_returns_binary(client, predictor):
 
 
 def _encoded(fmt: str, size=(57, 41)) -> bytes:
-    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3),
-                                                              dtype=np.uint8))  # fmt: skip
+    img = Image.fromarray(
+        np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    )
     buffer = io.BytesIO()
     img.save(buffer, format=fmt)
     return buffer.getvalue()
@@ -105,43 +108,63 @@ def _encoded(fmt: str, size=(57, 41)) -> bytes:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_classify_an_uploaded_image(server, predictor, fmt):
     data = _encoded(fmt)
-    r = requests.post(f"http://{server}/v1/classify?top=3",
-                      files={"file": (f"x.{fmt.lower()}", data)}, timeout=30)  # fmt: skip
+    r = requests.post(
+        f"http://{server}/v1/classify?top=3", files={"file": (f"x.{fmt.lower()}", data)}, timeout=30
+    )
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert len(preds) == 3 and preds[0]["probability"] >= preds[1]["probability"]
-    resized = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32),
-                         Image.Resampling.BILINEAR))  # fmt: skip
+    resized = np.asarray(
+        Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)
+    )
     expected = predictor.predict(resized[None])[0]
     assert preds[0]["class_id"] == int(expected.argmax())
     assert preds[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-6)
 
 
 def _post_infer(server, body, headers=None, model="cnn"):
-    return requests.post(f"http://{server}/v2/models/{model}/infer", data=body,
-                         headers=headers or {"Content-Type": "application/json"}, timeout=30)  # fmt: skip
+    return requests.post(
+        f"http://{server}/v2/models/{model}/infer",
+        data=body,
+        headers=headers or {"Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 def _json_request(shape, datatype="UINT8", data=None, name="images"):
     count = int(np.prod(shape)) if all(isinstance(d, int) and d > 0 for d in shape) else 0
-    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
-                                   "data": data if data is not None else [0] * count}]})  # fmt: skip
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": shape,
+                    "datatype": datatype,
+                    "data": data if data is not None else [0] * count,
+                }
+            ]
+        }
+    )
 
 
 BAD_REQUESTS = {
     "wrong shape": (_json_request([1, 28, 28, 3]), "expected shape [N, 32, 32, 3]"),
     "wrong dtype": (_json_request([1, 32, 32, 3], "INT32"), "expected UINT8 or FP32"),
-    "wrong element count": (_json_request([2, 32, 32, 3], data=[1] * 3072),
-                            "needs 6144 elements, received 3072"),
+    "wrong element count": (
+        _json_request([2, 32, 32, 3], data=[1] * 3072),
+        "needs 6144 elements, received 3072",
+    ),
     "NaN": (_json_request([1, 32, 32, 3], "FP32", data=["NaN"] + [0] * 3071), "finite"),
-    "out of range for uint8": (_json_request([1, 32, 32, 3], data=[300] + [0] * 3071),
-                               "0..255, received 0..300"),
+    "out of range for uint8": (
+        _json_request([1, 32, 32, 3], data=[300] + [0] * 3071),
+        "0..255, received 0..300",
+    ),
     "fractional uint8": (_json_request([1, 32, 32, 3], data=[1.5] + [0] * 3071), "whole numbers"),
     "malformed JSON": ('{"inputs": [', "malformed JSON"),
     "not an object": ("[1, 2]", "expected a JSON object"),
     "unknown input": (_json_request([1, 32, 32, 3], name="pixels"), "unknown input 'pixels'"),
     "strings as data": (_json_request([1, 32, 32, 3], data=["a"] * 3072), "numbers only"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
@@ -154,8 +177,18 @@ def test_bad_infer_requests_get_a_4xx_json_error(server, case):
 
 
 def test_bad_binary_header_and_sizes(server):
-    head = json.dumps({"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
-                                   "parameters": {"binary_data_size": 100}}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 32, 32, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": 100},
+                }
+            ]
+        }
+    ).encode()
     r = _post_infer(server, head + b"\0" * 100, {"Inference-Header-Content-Length": str(len(head))})
     assert r.status_code == 400 and "binary_data_size 100 does not match" in r.json()["error"]
     r = _post_infer(server, head, {"Inference-Header-Content-Length": "abc"})
@@ -174,25 +207,32 @@ def test_oversized_payload_is_413(server):
     assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    (b"definitely not an image", "not a decodable PNG or JPEG"),
-    (b"", "empty"),
-    (None, "not a decodable"),  # None: a PNG cut after its header
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"definitely not an image", "not a decodable PNG or JPEG"),
+        (b"", "empty"),
+        (None, "not a decodable"),  # None: a PNG cut after its header
+    ],
+)
 def test_classify_rejects_what_is_not_an_image(server, payload, fragment):
     if payload is None:
         payload = _encoded("PNG")[:40]
-    r = requests.post(f"http://{server}/v1/classify", files={"file": ("x.png", payload)},
-                      timeout=30)  # fmt: skip
+    r = requests.post(
+        f"http://{server}/v1/classify", files={"file": ("x.png", payload)}, timeout=30
+    )
     assert 400 <= r.status_code < 500 and fragment in r.json()["error"], r.text
 
 
 def test_classify_rejects_other_image_formats(server):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="GIF")
-    r = requests.post(f"http://{server}/v1/classify", files={"file": ("x.gif", buffer.getvalue())},
-                      timeout=30)  # fmt: skip
-    assert r.status_code == 400 and "expected a PNG or JPEG image, received GIF" in r.json()["error"]
+    r = requests.post(
+        f"http://{server}/v1/classify", files={"file": ("x.gif", buffer.getvalue())}, timeout=30
+    )
+    assert (
+        r.status_code == 400 and "expected a PNG or JPEG image, received GIF" in r.json()["error"]
+    )
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -222,11 +262,17 @@ def test_concurrent_clients_get_their_own_rows_and_batches_merge(server, predict
     singles = _metric(text, "cifar_batch_size_bucket", 'le="1.0"')
     assert rows >= sum(len(b) for b in batches)
     assert calls < 200 and singles < calls  # requests were merged: batches larger than one
-    assert _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="200"') >= 200
+    assert (
+        _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="200"')
+        >= 200
+    )
 
 
 def test_metrics_count_errors_by_status(server):
     _post_infer(server, "{")
     text = requests.get(f"http://{server}/metrics", timeout=10).text
-    assert _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="400"') >= 1
+    assert (
+        _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="400"')
+        >= 1
+    )
     assert "cifar_request_latency_seconds_bucket" in text and "cifar_queue_depth" in text

@@ -12,34 +12,55 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import TINY_CNN, write_cifar_dir
 
 from cifar_deploy import _tf
 from cifar_deploy.data import load_cifar10
 from cifar_deploy.errors import InvalidOptionError, TrainingInterrupted
-from cifar_deploy.training import resolve_recipe
+from cifar_deploy.training import create_model, resolve_recipe
 from cifar_deploy.training.trainer import TrainConfig, train
-
+from tests.helpers import REPO, TINY_CNN, write_cifar_dir
 
 
 def tiny_config(tmp_path, data_dir, **kw):
-    recipe = resolve_recipe("cnn", epochs=kw.pop("epochs", 1), warmup_epochs=0, batch_size=32,
-                            mixed_precision=kw.pop("mixed_precision", "off"))  # fmt: skip
-    return TrainConfig(model="cnn", recipe=recipe, data_dir=str(data_dir),
-                       runs_dir=str(tmp_path / "runs"), model_kwargs=TINY_CNN, verbose=0, **kw)  # fmt: skip
+    recipe = resolve_recipe(
+        "cnn",
+        epochs=kw.pop("epochs", 1),
+        warmup_epochs=0,
+        batch_size=32,
+        mixed_precision=kw.pop("mixed_precision", "off"),
+    )
+    return TrainConfig(
+        model="cnn",
+        recipe=recipe,
+        data_dir=data_dir,
+        runs_dir=tmp_path / "runs",
+        model_kwargs=TINY_CNN,
+        verbose=0,
+        **kw,
+    )
 
 
 def test_one_epoch_writes_every_run_file(tmp_path, cifar_dir):
     result = train(tiny_config(tmp_path, cifar_dir))
     run = tmp_path / "runs" / "cnn"
-    assert {p.name for p in run.iterdir()} == {"best.keras", "last.keras", "history.csv", "run.json"}
+    assert {p.name for p in run.iterdir()} == {
+        "best.keras",
+        "last.keras",
+        "history.csv",
+        "run.json",
+    }
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 1 and rows[0]["epoch"] == "1" and rows[0]["phase"] == "train"
     assert {"lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(rows[0])
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["epochs_run"] == 1
-    assert info["data"] == {"source": info["data"]["source"], "train_batches": ["data_batch_1", "data_batch_2"],
-                            "train_images": 108, "val_images": 12, "test_images": 60}  # fmt: skip
+    assert info["data"] == {
+        "source": info["data"]["source"],
+        "train_batches": ["data_batch_1", "data_batch_2"],
+        "train_images": 108,
+        "val_images": 12,
+        "test_images": 60,
+    }
     assert info["recipe"]["batch_size"] == 32 and info["seed"] == 42
     assert {"tensorflow", "keras", "numpy", "python"} <= set(info["versions"])
     assert info["wall_seconds"] > 0
@@ -47,7 +68,9 @@ def test_one_epoch_writes_every_run_file(tmp_path, cifar_dir):
     keras = _tf.keras()
     best = keras.models.load_model(run / "best.keras", safe_mode=True)
     data = load_cifar10(cifar_dir, download=False)
-    acc = np.mean(np.argmax(best.predict(data.x_test.astype("float32"), verbose=0), 1) == data.y_test)
+    acc = np.mean(
+        np.argmax(best.predict(data.x_test.astype("float32"), verbose=0), 1) == data.y_test
+    )
     assert info["test_accuracy"] == pytest.approx(acc) == pytest.approx(result.test_accuracy)
 
 
@@ -98,15 +121,20 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar_dir):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-        from test_trainer import tiny_config
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.test_trainer import tiny_config
         from cifar_deploy.training.trainer import train
         from pathlib import Path
         r = train(tiny_config(Path({str(tmp_path)!r}), {str(cifar_dir)!r}, strategy="mirrored"))
         print(json.dumps({{"replicas": r.info["replicas"], "acc": r.test_accuracy}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and 0.0 <= out["acc"] <= 1.0
@@ -116,8 +144,14 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar_dir):
 @pytest.mark.slow
 def test_cnn_beats_chance_clearly_on_real_cifar10(tmp_path, real_data_dir):
     recipe = resolve_recipe("cnn", quick=True, epochs=3, warmup_epochs=1)
-    config = TrainConfig(model="cnn", recipe=recipe, data_dir=str(real_data_dir),
-                         runs_dir=str(tmp_path / "runs"), max_train_samples=3000, verbose=0)  # fmt: skip
+    config = TrainConfig(
+        model="cnn",
+        recipe=recipe,
+        data_dir=real_data_dir,
+        runs_dir=tmp_path / "runs",
+        max_train_samples=3000,
+        verbose=0,
+    )
     result = train(config)
     assert result.info["data"]["test_images"] == 10_000
     assert result.test_accuracy >= 0.25  # chance is 0.10
@@ -126,11 +160,18 @@ def test_cnn_beats_chance_clearly_on_real_cifar10(tmp_path, real_data_dir):
 def test_mobilenetv2_phases_freeze_then_fine_tune(tmp_path, cifar_dir):
     # A tiny MobileNetV2 through both phases, one epoch each: the head, then the fine-tune.
     recipe = resolve_recipe("mobilenetv2", epochs=1, batch_size=32)
-    recipe = dataclasses.replace(recipe, phases=(dataclasses.replace(recipe.phases[0], epochs=1),
-                                                 recipe.phases[1]))  # fmt: skip
-    config = TrainConfig(model="mobilenetv2", recipe=recipe, data_dir=str(cifar_dir),
-                         runs_dir=str(tmp_path / "runs"), weights="none", verbose=0,
-                         model_kwargs={"input_size": 32, "alpha": 0.35})  # fmt: skip
+    recipe = dataclasses.replace(
+        recipe, phases=(dataclasses.replace(recipe.phases[0], epochs=1), recipe.phases[1])
+    )
+    config = TrainConfig(
+        model="mobilenetv2",
+        recipe=recipe,
+        data_dir=cifar_dir,
+        runs_dir=tmp_path / "runs",
+        weights="none",
+        verbose=0,
+        model_kwargs={"input_size": 32, "alpha": 0.35},
+    )
     result = train(config)
     rows = list(csv.DictReader(open(result.history_path)))
     assert [r["phase"] for r in rows] == ["head", "finetune"]
@@ -142,4 +183,37 @@ def test_a_freezing_phase_on_a_model_without_backbone_is_refused(tmp_path, cifar
     config = tiny_config(tmp_path, cifar_dir)
     config.recipe = dataclasses.replace(config.recipe, phases=(frozen,))
     with pytest.raises(InvalidOptionError, match="cnn has no backbone to freeze"):
+        train(config)
+
+
+def test_a_head_then_all_recipe_unfreezes_the_backbone_in_phase_two(tmp_path, cifar_dir):
+    keras = _tf.keras()
+    seen = []
+
+    class CountTrainable(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(len(self.model.trainable_weights))
+
+    base = resolve_recipe("mobilenetv2", batch_size=32)
+    head = dataclasses.replace(base.phases[0], epochs=1)
+    everything = dataclasses.replace(base.phases[1], name="all", epochs=1, trainable="all")
+    config = TrainConfig(
+        model="mobilenetv2",
+        recipe=dataclasses.replace(base, phases=(head, everything)),
+        data_dir=cifar_dir,
+        runs_dir=tmp_path / "runs",
+        weights="none",
+        verbose=0,
+        model_kwargs={"input_size": 32, "alpha": 0.35},
+        callbacks=[CountTrainable()],
+    )
+    train(config)
+    full = create_model("mobilenetv2", weights=None, input_size=32, alpha=0.35)
+    assert seen == [2, len(full.trainable_weights)]  # the head's kernel and bias, then all
+
+
+def test_weight_decay_for_a_builder_without_one_is_refused(tmp_path, cifar_dir):
+    recipe = resolve_recipe("mobilenetv2", epochs=1, weight_decay=1e-4)
+    config = TrainConfig(model="mobilenetv2", recipe=recipe, data_dir=cifar_dir, weights="none")
+    with pytest.raises(InvalidOptionError, match="mobilenetv2 takes no weight decay"):
         train(config)
