@@ -232,6 +232,24 @@ def target_path(fmt: ExportFormat, model_name: str, quantization: str, out_dir: 
     return Path(out_dir) / fmt.target(model_name, quantization)
 
 
+def _record(fmt, source, quantization, produced: Produced, staging: Path, seconds: float):
+    """The sidecar record of what a format function produced."""
+    return Metadata(
+        model_name=source.model_name,
+        format=fmt.name,
+        quantization=quantization,
+        input=produced.input,
+        output=produced.output,
+        artifact=file_record(produced.path, relative_to=staging),
+        source=source.record,
+        calibration=produced.calibration,
+        export_seconds=round(seconds, 3),
+        versions=library_versions(),
+        created_at=now_iso(),
+        extra=produced.extra,
+    )
+
+
 def run_export(
     fmt: ExportFormat,
     source: ExportSource,
@@ -240,10 +258,9 @@ def run_export(
     quantization: str,
 ) -> Artifact:
     """Export one format/quantization atomically; raises typed errors, leaves nothing partial."""
-    out_dir = Path(out_dir)
     target = target_path(fmt, source.model_name, quantization, out_dir)
     sidecar = sidecar_path(target)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
     started = time.perf_counter()
     placed = False
@@ -252,20 +269,7 @@ def run_export(
         if not produced.path.exists() or file_record(produced.path).size_bytes == 0:
             raise ExportError(f"{fmt.name} ({quantization}): the converter wrote nothing")
         seconds = time.perf_counter() - started
-        metadata = Metadata(
-            model_name=source.model_name,
-            format=fmt.name,
-            quantization=quantization,
-            input=produced.input,
-            output=produced.output,
-            artifact=file_record(produced.path, relative_to=staging),
-            source=source.record,
-            calibration=produced.calibration,
-            export_seconds=round(seconds, 3),
-            versions=library_versions(),
-            created_at=now_iso(),
-            extra=produced.extra,
-        )
+        metadata = _record(fmt, source, quantization, produced, staging, seconds)
         metadata.artifact.path = target.name
         staged_sidecar = staging / sidecar.name
         staged_sidecar.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
@@ -286,16 +290,8 @@ def run_export(
         raise ExportError(f"{fmt.name} ({quantization}) export failed: {reason}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Artifact(
-        format=fmt.name,
-        quantization=quantization,
-        path=target,
-        sidecar=sidecar,
-        size_bytes=metadata.artifact.size_bytes,
-        seconds=seconds,
-        status="ok",
-        metadata=metadata,
-    )
+    size = metadata.artifact.size_bytes
+    return Artifact(fmt.name, quantization, target, sidecar, size, seconds, "ok", metadata=metadata)
 
 
 def failed_artifact(fmt: ExportFormat, quantization: str, exc: CifarDeployError) -> Artifact:

@@ -117,6 +117,116 @@ class Observe:
             self.m["queue"].set(self.batcher.queue_depth)
 
 
+def _error(status: int, message: str):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class ModelService:
+    """The handlers for one model: health, metadata, inference, classification and metrics,
+    sharing one predictor, one dynamic batcher and one metrics registry."""
+
+    def __init__(self, predictor: Predictor, name: str, batcher: DynamicBatcher, metrics, limit):
+        self.predictor, self.name, self.batcher, self.limit = predictor, name, batcher, limit
+        self.registry, self.m = metrics
+
+    def _unknown(self, model_name: str):
+        """A 404 response for another model's name, else None."""
+        if model_name != self.name:
+            return _error(404, f"unknown model {model_name!r}; this server serves {self.name!r}")
+        return None
+
+    async def _body(self, request: Request) -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.limit:
+                raise RequestError(f"payload exceeds the limit of {self.limit:,} bytes", 413)
+        return bytes(body)
+
+    async def live(self):
+        return {"live": True}
+
+    async def ready(self):
+        return {"ready": True}
+
+    async def server_metadata(self):
+        return {"name": "cifar-deploy", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    async def metadata(self, model_name: str, version: str | None = None):
+        return self._unknown(model_name) or model_metadata(self.name, self.predictor)
+
+    async def model_ready(self, model_name: str):
+        return self._unknown(model_name) or {"name": self.name, "ready": True}
+
+    async def infer(self, model_name: str, request: Request, version: str | None = None):
+        from fastapi.responses import Response
+
+        if (missing := self._unknown(model_name)) is not None:
+            return missing
+        try:
+            body = await self._body(request)
+            req, images = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+            check_outputs(req)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        probs = await self.batcher.submit(images)
+        encoded = encode_infer_response(req, self.name, probs)
+        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+
+    async def classify(self, request: Request, top: int = 3):
+        try:
+            if not 1 <= top <= 10:
+                raise RequestError(f"top must be 1..10, received {top}")
+            image = decode_image(await _upload_bytes(request, await self._body(request)))
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        probs = (await self.batcher.submit(image[None]))[0]
+        predictions = top_k(probs, top, self.predictor.class_names)
+        return {"model_name": self.name, "predictions": predictions}
+
+    async def metrics(self):
+        from fastapi.responses import Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self.m["queue"].set(self.batcher.queue_depth)
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def routes(self) -> list[tuple[str, object, str]]:
+        """(path, handler, method) for every endpoint."""
+        return [
+            ("/v2/health/live", self.live, "GET"),
+            ("/v2/health/ready", self.ready, "GET"),
+            ("/v2", self.server_metadata, "GET"),
+            ("/v2/models/{model_name}", self.metadata, "GET"),
+            ("/v2/models/{model_name}/versions/{version}", self.metadata, "GET"),
+            ("/v2/models/{model_name}/ready", self.model_ready, "GET"),
+            ("/v2/models/{model_name}/infer", self.infer, "POST"),
+            ("/v2/models/{model_name}/versions/{version}/infer", self.infer, "POST"),
+            ("/v1/classify", self.classify, "POST"),
+            ("/metrics", self.metrics, "GET"),
+        ]
+
+
+def _add_error_handlers(app) -> None:
+    """Framework errors in the project's JSON error shape."""
+    from fastapi.exceptions import RequestValidationError
+
+    async def not_found(request, exc):
+        return _error(404, f"no endpoint {request.method} {request.url.path}")
+
+    async def not_allowed(request, exc):
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    async def invalid(request, exc):
+        return _error(422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}")
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, not_allowed)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
 def create_app(
     predictor: Predictor,
     name: str,
@@ -125,14 +235,11 @@ def create_app(
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
 ):
     """The FastAPI application serving ``predictor`` as model ``name``."""
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     registry, m = _metrics()
-    class_names = predictor.class_names
     batcher = DynamicBatcher(
         predictor.predict, max_batch_size, max_queue_delay_ms, on_batch=m["batch"].observe
     )
+    service = ModelService(predictor, name, batcher, (registry, m), max_payload_bytes)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -142,98 +249,10 @@ def create_app(
 
     app = FastAPI(title="cifar-deploy", lifespan=lifespan)
     app.state.batcher = batcher
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
     app.add_middleware(Observe, metrics=m, batcher=batcher, max_payload_bytes=max_payload_bytes)
-
-    def check_model(model_name: str):
-        if model_name != name:
-            return error(404, f"unknown model {model_name!r}; this server serves {name!r}")
-        return None
-
-    async def read_body(request: Request) -> bytes:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_payload_bytes:
-                raise RequestError(f"payload exceeds the limit of {max_payload_bytes:,} bytes", 413)
-        return bytes(body)
-
-    @app.get("/v2/health/live")
-    async def live():
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        return {"ready": True}
-
-    @app.get("/v2")
-    async def server_metadata():
-        return {"name": "cifar-deploy", "version": "1", "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/models/{model_name}")
-    async def metadata(model_name: str):
-        return check_model(model_name) or model_metadata(name, predictor)
-
-    @app.get("/v2/models/{model_name}/versions/{version}")
-    async def metadata_version(model_name: str, version: str):
-        return check_model(model_name) or model_metadata(name, predictor)
-
-    @app.get("/v2/models/{model_name}/ready")
-    async def model_ready(model_name: str):
-        return check_model(model_name) or {"name": name, "ready": True}
-
-    @app.post("/v2/models/{model_name}/infer")
-    async def infer(model_name: str, request: Request):
-        if (missing := check_model(model_name)) is not None:
-            return missing
-        try:
-            body = await read_body(request)
-            req, images = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-            check_outputs(req)
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-        probs = await batcher.submit(images)
-        encoded = encode_infer_response(req, name, probs)
-        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
-
-    @app.post("/v2/models/{model_name}/versions/{version}/infer")
-    async def infer_version(model_name: str, version: str, request: Request):
-        return await infer(model_name, request)
-
-    @app.post("/v1/classify")
-    async def classify(request: Request, top: int = 3):
-        try:
-            if not 1 <= top <= 10:
-                raise RequestError(f"top must be 1..10, received {top}")
-            body = await read_body(request)
-            image = decode_image(await _upload_bytes(request, body))
-        except RequestError as exc:
-            return error(exc.status, exc.message)
-        probs = (await batcher.submit(image[None]))[0]
-        return {"model_name": name, "predictions": top_k(probs, top, class_names)}
-
-    @app.get("/metrics")
-    async def metrics():
-        m["queue"].set(batcher.queue_depth)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.exception_handler(404)
-    async def not_found(request, exc):
-        return error(404, f"no endpoint {request.method} {request.url.path}")
-
-    @app.exception_handler(405)
-    async def not_allowed(request, exc):
-        return error(405, f"{request.method} is not allowed on {request.url.path}")
-
-    from fastapi.exceptions import RequestValidationError
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc):
-        return error(422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}")
-
+    for path, handler, method in service.routes():
+        app.add_api_route(path, handler, methods=[method])
+    _add_error_handlers(app)
     return app
 
 

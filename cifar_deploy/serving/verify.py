@@ -125,6 +125,62 @@ def judge(figures: dict, tolerance: Tolerance) -> list[str]:
     return reasons
 
 
+def _load_all(artifacts: Sequence[Path], reference: Path | None, device: str, threads):
+    """(reference predictor, {artifact path: predictor}): every file loaded before any
+    evaluation, so a corrupt one is bad input, not a failed row."""
+    paths = collect_artifacts(artifacts)
+    metas = {p: load_metadata(p) for p in paths}  # raises on missing files or hash mismatches
+    models = {m.model_name for m in metas.values() if m.from_sidecar}
+    if len(models) > 1:
+        raise InvalidOptionError(
+            f"artifacts of different models in one call: {', '.join(sorted(models))}; "
+            "expected one model's artifacts"
+        )
+    reference = resolve_reference(metas, reference)
+    if reference is None:
+        raise InvalidOptionError(
+            "cannot tell the reference model from the sidecars; pass --reference PATH"
+        )
+    predictors = {
+        p: load_predictor(p, device=device, threads=threads, metadata=metas[p]) for p in paths
+    }
+    return load_predictor(reference, device="cpu"), predictors
+
+
+def evaluation_split(data, samples: int | None, seed: int):
+    """(images, labels) of the test split, or a seeded class-stratified sample of it."""
+    x, y = data.x_test, data.y_test
+    if samples is None:
+        return x, y
+    if samples < 10:
+        raise InvalidOptionError(f"--samples must be at least 10, received {samples}")
+    idx = stratified_indices(y, min(samples, len(y)), seed)
+    return x[idx], y[idx]
+
+
+def _row(predictor, images, labels, ref, overrides) -> ParityRow:
+    """One artifact's row: its figures against the reference, and the verdict."""
+    meta = predictor.metadata
+    row = ParityRow(
+        name=predictor.path.name,
+        path=str(predictor.path),
+        format=meta.format,
+        quantization=meta.quantization,
+        runtime=predictor.provider,
+        status="error",
+        samples=len(labels),
+    )
+    try:
+        figures = compare(predictor.predict(images), ref, labels)
+        for key, value in figures.items():
+            setattr(row, key, value)
+        row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
+        row.status = "fail" if row.reasons else "pass"
+    except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
+        row.reasons = [one_line(exc, with_type=True)]
+    return row
+
+
 def verify(
     artifacts: Sequence[Path],
     reference: Path | None = None,
@@ -142,70 +198,26 @@ def verify(
     Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference) raise
     before any evaluation; a runtime failure during evaluation becomes an ``error`` row.
     """
-    paths = collect_artifacts(artifacts)
-    metas = {p: load_metadata(p) for p in paths}  # raises on missing files or hash mismatches
-    models = {m.model_name for m in metas.values() if m.from_sidecar}
-    if len(models) > 1:
-        raise InvalidOptionError(
-            f"artifacts of different models in one call: {', '.join(sorted(models))}; "
-            "expected one model's artifacts"
-        )
-    reference = resolve_reference(metas, reference)
-    if reference is None:
-        raise InvalidOptionError(
-            "cannot tell the reference model from the sidecars; pass --reference PATH"
-        )
-    ref_predictor = load_predictor(reference, device="cpu")
-    # Load every artifact before evaluating any: a corrupt one is bad input, not a failed row.
-    predictors = {
-        p: load_predictor(p, device=device, threads=threads, metadata=metas[p]) for p in paths
-    }
-
+    progress = on_progress or (lambda name: None)
+    ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
     data = data if data is not None else load_cifar10(data_dir)
-    x, y = data.x_test, data.y_test
-    if samples is not None:
-        if samples < 10:
-            raise InvalidOptionError(f"--samples must be at least 10, received {samples}")
-        idx = stratified_indices(y, min(samples, len(y)), seed)
-        x, y = x[idx], y[idx]
-
-    if on_progress:
-        on_progress("reference")
+    x, y = evaluation_split(data, samples, seed)
+    progress("reference")
     ref = ref_predictor.predict(x)
-    ref_acc = float((ref.argmax(1) == y).mean())
     rows = [
         ParityRow(
             name="reference",
-            path=str(reference),
+            path=str(ref_predictor.path),
             format="keras",
             quantization="none",
             runtime=ref_predictor.provider,
             status="reference",
-            accuracy=ref_acc,
+            accuracy=float((ref.argmax(1) == y).mean()),
             ece=expected_calibration_error(ref, y),
             samples=len(y),
         )
     ]
-    for path in paths:
-        meta, predictor = metas[path], predictors[path]
-        row = ParityRow(
-            name=path.name,
-            path=str(path),
-            format=meta.format,
-            quantization=meta.quantization,
-            runtime=predictor.provider,
-            status="error",
-            samples=len(y),
-        )
-        if on_progress:
-            on_progress(path.name)
-        try:
-            figures = compare(predictor.predict(x), ref, y)
-            for key, value in figures.items():
-                setattr(row, key, value)
-            row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
-            row.status = "fail" if row.reasons else "pass"
-        except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
-            row.reasons = [one_line(exc, with_type=True)]
-        rows.append(row)
+    for path, predictor in predictors.items():
+        progress(path.name)
+        rows.append(_row(predictor, x, y, ref, overrides))
     return rows

@@ -185,6 +185,22 @@ class RunRecorder:
             self.save(self.last_path)
         self.finish("interrupted")
 
+    def result(self, test_accuracy: float) -> RunResult:
+        """Complete the run: run.json with the test accuracy, and the run's record."""
+        info = self.finish("completed", test_accuracy)
+        return RunResult(
+            run_dir=self.run_dir,
+            best_path=self.best_path,
+            last_path=self.last_path,
+            history_path=self.history,
+            run_json_path=self.run_dir / "run.json",
+            test_accuracy=test_accuracy,
+            best_val_accuracy=self.best_val,
+            epochs_run=self.epochs_run,
+            wall_seconds=info["wall_seconds"],
+            info=info,
+        )
+
     def finish(self, status: str, test_accuracy: float | None = None) -> dict:
         self.info.update(
             status=status,
@@ -312,50 +328,47 @@ def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> di
     }
 
 
+def _splits(config: TrainConfig, recipe: Recipe, data: CifarData):
+    """((x_train, y_train), (x_val, y_val)): the seeded subsample, then a stratified split."""
+    if config.max_train_samples is not None and config.max_train_samples < 2:
+        raise InvalidOptionError(
+            f"--max-train-samples must be at least 2, received {config.max_train_samples}"
+        )
+    x, y = subsample(data.x_train, data.y_train, config.max_train_samples, config.seed)
+    return train_val_split(x, y, recipe.val_split, config.seed)
+
+
 def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     """Train ``config.model`` with its recipe; returns paths and figures of the run."""
     keras = _tf.keras()
     spec = get_model_spec(config.model)
     recipe = config.recipe or spec.recipe
     recipe.validate()
-    if config.max_train_samples is not None and config.max_train_samples < 2:
-        raise InvalidOptionError(
-            f"--max-train-samples must be at least 2, received {config.max_train_samples}"
-        )
     kwargs = _builder_kwargs(spec, recipe, config)
     keras.utils.set_random_seed(config.seed)
     data = data if data is not None else load_cifar10(config.data_dir)
-    x, y = subsample(data.x_train, data.y_train, config.max_train_samples, config.seed)
-    (x_tr, y_tr), (x_val, y_val) = train_val_split(x, y, recipe.val_split, config.seed)
+    (x_tr, y_tr), (x_val, y_val) = _splits(config, recipe, data)
     run_dir = Path(config.runs_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    policy = resolve_precision(recipe.mixed_precision)
-    strategy = make_strategy(config.strategy)
+    policy, strategy = resolve_precision(recipe.mixed_precision), make_strategy(config.strategy)
     sizes = (int(len(y_tr)), int(len(y_val)))
-    recorder = RunRecorder(
-        run_dir, _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes)
-    )
+    info = _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes)
+    recorder = RunRecorder(run_dir, info)
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         recorder.model, recorder.twin = _build(spec, kwargs, policy, strategy)
-        steps_per_epoch = max(1, len(y_tr) // recipe.batch_size)
         datasets = (
             train_dataset(x_tr, y_tr, recipe, config.seed),
             eval_dataset(x_val, y_val, recipe.batch_size),
-            steps_per_epoch,
+            max(1, len(y_tr) // recipe.batch_size),  # steps per epoch
         )
         for phase in (p for p in recipe.phases if p.epochs > 0):
             _set_trainable(spec, recorder.model, phase, recipe)
             callbacks = [recorder.callback(phase.name), *config.callbacks]
             with strategy.scope():
+                first = recorder.epochs_run
                 _fit_phase(
-                    recorder.model,
-                    phase,
-                    recipe,
-                    datasets,
-                    recorder.epochs_run,
-                    callbacks,
-                    config.verbose,
+                    recorder.model, phase, recipe, datasets, first, callbacks, config.verbose
                 )
     except KeyboardInterrupt:
         recorder.interrupted()
@@ -365,17 +378,4 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
         ) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    test_accuracy = _evaluate_best(recorder.best_path, data)
-    info = recorder.finish("completed", test_accuracy)
-    return RunResult(
-        run_dir=run_dir,
-        best_path=recorder.best_path,
-        last_path=recorder.last_path,
-        history_path=recorder.history,
-        run_json_path=run_dir / "run.json",
-        test_accuracy=test_accuracy,
-        best_val_accuracy=recorder.best_val,
-        epochs_run=recorder.epochs_run,
-        wall_seconds=info["wall_seconds"],
-        info=info,
-    )
+    return recorder.result(_evaluate_best(recorder.best_path, data))
