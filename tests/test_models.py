@@ -151,3 +151,19 @@ def test_flop_count_of_the_full_cnn_is_about_0_38_gflops():
     from cifar_deploy.training.flops import model_flops
 
     assert 0.37e9 < model_flops(create_model("cnn")) < 0.39e9  # 381M by hand
+
+
+def test_all_after_finetune_makes_every_backbone_layer_trainable():
+    model = build_mobilenetv2(weights=None, input_size=32, alpha=0.35)
+    set_trainable(model, "finetune", 0.5)
+    set_trainable(model, "all")
+    assert len(model.trainable_weights) == len(model.weights) - count_moving_statistics(model)
+    set_trainable(model, "head")
+    assert len(model.trainable_weights) == 2  # the classifier's kernel and bias
+
+
+def count_moving_statistics(model) -> int:
+    """Batch-norm moving means and variances: weights that are never trainable."""
+    keras = _tf.keras()
+    layers = model.get_layer(BACKBONE_NAME).layers
+    return 2 * sum(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)

@@ -149,32 +149,12 @@ def test_cnn_beats_chance_clearly_on_real_cifar10(tmp_path, real_data_dir):
         recipe=recipe,
         data_dir=real_data_dir,
         runs_dir=tmp_path / "runs",
-        max_train_samples=3000,
+        max_train_samples=2000,
         verbose=0,
     )
     result = train(config)
     assert result.info["data"]["test_images"] == 10_000
     assert result.test_accuracy >= 0.25  # chance is 0.10
-
-
-def test_mobilenetv2_phases_freeze_then_fine_tune(tmp_path, cifar_dir):
-    # A tiny MobileNetV2 through both phases, one epoch each: the head, then the fine-tune.
-    recipe = resolve_recipe("mobilenetv2", epochs=1, batch_size=32)
-    recipe = dataclasses.replace(
-        recipe, phases=(dataclasses.replace(recipe.phases[0], epochs=1), recipe.phases[1])
-    )
-    config = TrainConfig(
-        model="mobilenetv2",
-        recipe=recipe,
-        data_dir=cifar_dir,
-        runs_dir=tmp_path / "runs",
-        weights="none",
-        verbose=0,
-        model_kwargs={"input_size": 32, "alpha": 0.35},
-    )
-    result = train(config)
-    rows = list(csv.DictReader(open(result.history_path)))
-    assert [r["phase"] for r in rows] == ["head", "finetune"]
 
 
 def test_a_freezing_phase_on_a_model_without_backbone_is_refused(tmp_path, cifar_dir):
@@ -186,7 +166,9 @@ def test_a_freezing_phase_on_a_model_without_backbone_is_refused(tmp_path, cifar
         train(config)
 
 
-def test_a_head_then_all_recipe_unfreezes_the_backbone_in_phase_two(tmp_path, cifar_dir):
+def test_mobilenetv2_phases_freeze_fine_tune_then_unfreeze_everything(tmp_path, cifar_dir):
+    # A tiny MobileNetV2 through three phases, one epoch each: the head (frozen backbone), the
+    # fine-tune (last half of the backbone), then "all" (a head -> all recipe must unfreeze it).
     keras = _tf.keras()
     seen = []
 
@@ -195,21 +177,28 @@ def test_a_head_then_all_recipe_unfreezes_the_backbone_in_phase_two(tmp_path, ci
             seen.append(len(self.model.trainable_weights))
 
     base = resolve_recipe("mobilenetv2", batch_size=32)
-    head = dataclasses.replace(base.phases[0], epochs=1)
-    everything = dataclasses.replace(base.phases[1], name="all", epochs=1, trainable="all")
+    head, finetune = (dataclasses.replace(p, epochs=1) for p in base.phases)
+    everything = dataclasses.replace(finetune, name="all", trainable="all")
     config = TrainConfig(
         model="mobilenetv2",
-        recipe=dataclasses.replace(base, phases=(head, everything)),
+        recipe=dataclasses.replace(base, phases=(head, finetune, everything)),
         data_dir=cifar_dir,
         runs_dir=tmp_path / "runs",
         weights="none",
         verbose=0,
+        max_train_samples=40,
         model_kwargs={"input_size": 32, "alpha": 0.35},
         callbacks=[CountTrainable()],
     )
-    train(config)
-    full = create_model("mobilenetv2", weights=None, input_size=32, alpha=0.35)
-    assert seen == [2, len(full.trainable_weights)]  # the head's kernel and bias, then all
+    result = train(config)
+    rows = list(csv.DictReader(open(result.history_path)))
+    assert [r["phase"] for r in rows] == ["head", "finetune", "all"]
+    every = len(
+        create_model("mobilenetv2", weights=None, input_size=32, alpha=0.35).trainable_weights
+    )
+    assert seen[0] == 2  # the head's kernel and bias
+    assert 2 < seen[1] < every  # part of the backbone
+    assert seen[2] == every
 
 
 def test_weight_decay_for_a_builder_without_one_is_refused(tmp_path, cifar_dir):

@@ -77,18 +77,22 @@ def build_mobilenetv2(
 
 def set_trainable(model, mode: str, finetune_fraction: float = 0.5) -> None:
     """'head': backbone frozen; 'finetune': the last ``finetune_fraction`` of backbone layers
-    trainable, batch-norm layers always frozen; 'all': everything trainable."""
+    trainable, batch-norm layers always frozen; 'all': everything trainable.
+
+    Each backbone layer's flag is set explicitly: setting the backbone's own flag does not undo
+    a flag an earlier phase set on one of its layers (a fine-tune followed by 'all')."""
     keras = _tf.keras()
     backbone = model.get_layer(BACKBONE_NAME)
-    if mode == "all":
-        backbone.trainable = True
-        return
-    backbone.trainable = mode == "finetune"
-    if mode == "finetune":
-        start = int(len(backbone.layers) * (1.0 - finetune_fraction))
-        for i, layer in enumerate(backbone.layers):
-            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+    backbone.trainable = mode != "head"
+    start = int(len(backbone.layers) * (1.0 - finetune_fraction)) if mode == "finetune" else 0
+    for i, layer in enumerate(backbone.layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        if mode == "head":
+            layer.trainable = False
+        elif mode == "finetune":
             layer.trainable = i >= start and not is_bn
+        else:
+            layer.trainable = True
 
 
 RECIPE = Recipe(
