@@ -79,3 +79,19 @@ def keras():
     import keras as _keras
 
     return _keras
+
+
+def quiet_native_exit() -> None:
+    """Silence file descriptor 2 once Python exits (not in verbose mode): LiteRT's accelerator
+    registry prints a notice per accelerator from C++ destructors that run after Python."""
+    import atexit
+
+    if _VERBOSE:
+        return
+
+    def silence() -> None:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+
+    atexit.register(silence)

@@ -257,6 +257,9 @@ def export_cmd(
     max_batch_size: Annotated[
         Optional[int], Opt(help="Triton: largest batch [default: 64].")
     ] = None,
+    static_batch: Annotated[
+        Optional[int], Opt(help="TFLite: a fixed batch size, for Edge TPU and NPU compilers.")
+    ] = None,
     force: Annotated[bool, Opt(help="Overwrite existing artifacts.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json_out: JsonFlag = False,
@@ -278,6 +281,7 @@ def export_cmd(
         force=force,
         data_dir=data_dir,
         max_batch_size=max_batch_size,
+        static_batch=static_batch,
     )
     targets = export_targets(format.value, options.quantization)  # bad combinations fail here
     if model is None:
@@ -327,6 +331,10 @@ def verify_cmd(
     markdown_file: Annotated[
         Optional[Path], Opt("--markdown", help="Write a Markdown table.")
     ] = None,
+    consumer: Annotated[
+        Optional[list[str]],
+        Opt(help="Also run each .tflite in a library apps embed (mediapipe) against LiteRT."),
+    ] = None,
 ):
     """Check every exported artifact against its Keras model on the real test set.
 
@@ -352,6 +360,7 @@ def verify_cmd(
             threads=threads,
             overrides=overrides,
             on_progress=lambda name: advance(description=name),
+            consumers=consumer or (),
         )
     console.emit(json_out, json_file, [r.to_dict() for r in rows], lambda: parity_table(rows))
     if markdown_file:
@@ -421,6 +430,27 @@ def bench_cmd(
         from .plots import plot_bench
 
         plot_bench(rows, plot, accuracy_json=accuracy)
+
+
+@app.command("inspect")
+@handles_errors
+def inspect_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A .tflite model.")],
+    threads: Annotated[int, Opt(help="CPU threads for the latency figures.")] = 1,
+    latency: Annotated[bool, Opt("--latency/--no-latency", help="Time batch-1 runs.")] = True,
+    json_out: JsonFlag = False,
+):
+    """What to check before shipping a .tflite: tensors, operators, embedded metadata, which
+    consumers can load it, memory, XNNPACK delegation and native latency."""
+    from .serving.inspection import inspect_tflite
+
+    if threads < 1:
+        raise InvalidOptionError(f"--threads must be at least 1, received {threads}")
+    result = inspect_tflite(artifact, threads=threads, latency=latency)
+    if json_out:
+        return console.print_json(result.to_dict())
+    for part in console.inspection_tables(result):
+        console.out.print(part)
 
 
 @app.command("serve")

@@ -155,3 +155,51 @@ def print_stage(result) -> None:
 def stages_table(model: str, results) -> Table:
     rows = [(r.name, r.status, f"{r.seconds:.1f}", r.detail) for r in results]
     return table(f"Pipeline: {model}", ["stage", "status", "seconds", "detail"], rows)
+
+
+def inspection_tables(result) -> list[Table]:
+    """``inspect``'s record as a few small tables, in the order a reviewer reads them."""
+    tensors = [
+        (kind, t.name, str(t.shape_signature), t.dtype, _quant(t.scale, t.zero_point))
+        for kind, group in (("input", result.inputs), ("output", result.outputs))
+        for t in group
+    ]
+    delegation = (
+        "not delegated: " + ", ".join(result.not_delegated)
+        if result.not_delegated
+        else "fully delegated"
+    )
+    facts = [
+        ("size", f"{human_size(result.size_bytes)} ({result.size_bytes:,} bytes)"),
+        ("dynamic batch", "yes" if result.dynamic_batch else "no"),
+        ("activations (batch 1)", f"{human_size(result.activation_bytes)} (arena upper bound)"),
+        ("float operators", ", ".join(result.float_ops) or "none"),
+        ("XNNPACK", delegation),
+        ("embedded metadata", _metadata_line(result.metadata)),
+        ("GPU delegate", result.gpu_delegate),
+    ]
+    facts += [
+        (f"batch-1 p50, {name}", "-" if ms is None else f"{ms:.3f} ms ({result.threads} threads)")
+        for name, ms in result.latency_ms.items()
+    ]
+    return [
+        table(f"Inspect {result.path}", ["", "value"], facts),
+        table("Tensors", ["", "name", "shape", "dtype", "quantization"], tensors),
+        table("Operators", ["operator (output dtype)", "count"], sorted(result.ops.items())),
+        table("Consumers", ["consumer", "can load it"], list(result.consumers.items())),
+    ]
+
+
+def _quant(scale, zero_point) -> str:
+    return "-" if scale is None else f"scale {scale:.6g}, zero point {zero_point}"
+
+
+def _metadata_line(meta: dict | None) -> str:
+    if meta is None:
+        return "none"
+    labels = ", ".join(meta["labels"][:3]) + (", ..." if len(meta["labels"]) > 3 else "")
+    return (
+        f"{meta['name']} {meta['version']}; {meta['color_space']} {meta['image_size']}; "
+        f"normalization mean {meta['normalization_mean']} std {meta['normalization_std']}; "
+        f"{len(meta['labels'])} labels ({labels}) in {meta['label_file']}"
+    )

@@ -35,6 +35,8 @@ PREPROCESSING = (
     "normalization happens inside the model"
 )
 INPUT_DESCRIPTION = "float32 (N, 32, 32, 3), raw RGB 0..255"
+# Input dtypes MediaPipe Tasks, the TFLite Task Library and ML Kit accept (with embedded metadata).
+MOBILE_INPUT_DTYPES = ("uint8", "float32")
 
 
 def batch_shape(batch: int | None) -> list[int | None]:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..contract import CLASS_NAMES
 from ..errors import ArtifactExistsError, CifarDeployError
 from .base import (
     Artifact,
@@ -29,6 +30,7 @@ from .base import (
 )
 from .metadata import Metadata, read_sidecar, sidecar_path
 from .source import ExportSource, find_latest_checkpoint
+from .tflite_metadata import LABELS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,12 @@ def default_out_dir(model_name: str) -> Path:
     return Path("exports") / model_name
 
 
-def _refuse_existing(targets: Sequence[Target], model_name: str, out: Path) -> None:
+def _refuse_existing(targets: Sequence[Target], model_name: str, out: Path, options) -> None:
     existing = [
         path
         for fmt, q in targets
-        if (path := target_path(fmt, model_name, q, out)).exists() or sidecar_path(path).exists()
+        if (path := target_path(fmt, model_name, q, out, options)).exists()
+        or sidecar_path(path).exists()
     ]
     if existing:
         names = ", ".join(str(p) for p in existing)
@@ -87,12 +90,17 @@ def export_model(
         targets = export_targets(targets, options.quantization)
     for note in check_options(list(targets), options):
         log.warning(note)
+    if options.io_type == "int8":
+        log.warning(
+            "--io-type int8: MediaPipe Tasks, the TFLite Task Library and ML Kit load uint8 or "
+            "float32 input only; this model is for toolchains that want int8 input"
+        )
     artifacts: list[Artifact] = []
     with ExportSource(Path(model_path)) as source:
         _ = source.model  # load (and validate) once, before any format starts
         out = Path(out_dir) if out_dir else default_out_dir(source.model_name)
         if not options.force:
-            _refuse_existing(targets, source.model_name, out)
+            _refuse_existing(targets, source.model_name, out, options)
         for fmt, quantization in targets:
             if on_start:
                 on_start(fmt, quantization)
@@ -104,4 +112,16 @@ def export_model(
             artifacts.append(artifact)
             if on_done:
                 on_done(artifact)
+    if any(a.status == "ok" for a in artifacts):
+        write_labels(out)
     return artifacts
+
+
+def write_labels(out_dir: Path) -> Path:
+    """``labels.txt`` beside the artifacts: the class names, one per line, in output order (the
+    file TFLite metadata names, for consumers that take labels separately)."""
+    path = Path(out_dir) / LABELS_FILE
+    tmp = path.with_name(f".{LABELS_FILE}.tmp")
+    tmp.write_text("".join(f"{name}\n" for name in CLASS_NAMES))
+    tmp.replace(path)
+    return path

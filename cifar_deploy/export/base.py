@@ -44,6 +44,7 @@ class ExportOptions:
     opset: int | None = None  # ONNX opset (default 18)
     force: bool = False  # overwrite existing artifacts
     max_batch_size: int | None = None  # Triton: largest dynamic batch (default 64)
+    static_batch: int | None = None  # TFLite: a fixed batch size (Edge TPU, NPU compilers)
     calibration_images: object = None  # uint8 NHWC array; None: drawn from the training split
 
 
@@ -108,7 +109,8 @@ class ExportFormat:
     name: str
     quantizations: tuple[str, ...]
     default_quantization: str
-    target: Callable[[str, str], str]  # (model_name, quantization) -> artifact name in out_dir
+    # (model_name, quantization[, options]) -> the artifact's name in out_dir
+    target: Callable[..., str]
     fn: Callable[[ExportSource, Path, ExportOptions, str], Produced]
     description: str
     options: tuple[FormatOption, ...] = ()  # the options it reads beyond quantization
@@ -228,8 +230,10 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def target_path(fmt: ExportFormat, model_name: str, quantization: str, out_dir: Path) -> Path:
-    return Path(out_dir) / fmt.target(model_name, quantization)
+def target_path(
+    fmt: ExportFormat, model_name: str, quantization: str, out_dir: Path, options=None
+) -> Path:
+    return Path(out_dir) / fmt.target(model_name, quantization, options)
 
 
 def _record(fmt, source, quantization, produced: Produced, staging: Path, seconds: float):
@@ -258,7 +262,7 @@ def run_export(
     quantization: str,
 ) -> Artifact:
     """Export one format/quantization atomically; raises typed errors, leaves nothing partial."""
-    target = target_path(fmt, source.model_name, quantization, out_dir)
+    target = target_path(fmt, source.model_name, quantization, out_dir, options)
     sidecar = sidecar_path(target)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))

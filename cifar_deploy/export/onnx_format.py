@@ -169,7 +169,7 @@ register_format(
         name="onnx",
         quantizations=("none", "float16", "int8"),
         default_quantization="none",
-        target=lambda model, q: f"{model}_{'float32' if q == 'none' else q}.onnx",
+        target=lambda model, q, options=None: f"{model}_{'float32' if q == 'none' else q}.onnx",
         fn=export_onnx,
         description="ONNX (tf2onnx from_function), dynamic batch; int8 = static QDQ",
         options=(OPSET,),

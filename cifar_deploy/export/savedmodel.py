@@ -38,7 +38,7 @@ register_format(
         name="savedmodel",
         quantizations=("none",),
         default_quantization="none",
-        target=lambda model, q: "savedmodel",
+        target=lambda model, q, options=None: "savedmodel",
         fn=export_savedmodel,
         description="TensorFlow SavedModel, TF Serving layout, serving_default signature",
     )

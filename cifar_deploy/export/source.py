@@ -67,6 +67,7 @@ class ExportSource:
     def __init__(self, path: Path):
         self.path = validate_model_file(Path(path))
         self._tmp: Path | None = None
+        self._savedmodels: dict[int | None, Path] = {}
 
     @cached_property
     def model(self):
@@ -93,36 +94,47 @@ class ExportSource:
     def record(self) -> FileRecord:
         return file_record(self.path.resolve())  # absolute, so verify finds the reference
 
-    def serving_function(self):
-        """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``."""
+    def serving_function(self, batch: int | None = None):
+        """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``
+        (``batch``: a static batch size; None keeps the batch dynamic)."""
         tf = _tf.tf()
         model = self.model
 
-        @tf.function(input_signature=[tf.TensorSpec(batch_shape(None), tf.float32, INPUT_NAME)])
+        @tf.function(input_signature=[tf.TensorSpec(batch_shape(batch), tf.float32, INPUT_NAME)])
         def serve(images):
             return {OUTPUT_NAME: model(images, training=False)}
 
         return serve
 
-    def write_savedmodel(self, target: Path) -> Path:
-        """Write a SavedModel with a ``serving_default`` signature to ``target``."""
+    def write_savedmodel(self, target: Path, batch: int | None = None) -> Path:
+        """Write a SavedModel with a ``serving_default`` signature to ``target`` (Keras'
+        ``ExportArchive``, what ``model.export`` uses; int8 calibration works from it)."""
         keras = _tf.keras()
         archive = keras.export.ExportArchive()
         archive.track(self.model)
-        archive.add_endpoint("serving_default", self.serving_function())
+        archive.add_endpoint("serving_default", self.serving_function(batch))
         archive.write_out(str(target), verbose=False)
         return target
 
-    @cached_property
+    def savedmodel_for(self, batch: int | None = None) -> Path:
+        """A scratch SavedModel for converters that start from one (TFLite), one per batch
+        signature, written once and shared by every conversion from this source."""
+        if batch not in self._savedmodels:
+            if self._tmp is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="cifar_deploy_sm_"))
+            name = "savedmodel" if batch is None else f"savedmodel_b{batch}"
+            self._savedmodels[batch] = self.write_savedmodel(self._tmp / name, batch)
+        return self._savedmodels[batch]
+
+    @property
     def savedmodel_dir(self) -> Path:
-        """A scratch SavedModel for converters that start from one (TFLite)."""
-        self._tmp = Path(tempfile.mkdtemp(prefix="cifar_deploy_sm_"))
-        return self.write_savedmodel(self._tmp / "savedmodel")
+        return self.savedmodel_for(None)
 
     def cleanup(self) -> None:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+            self._savedmodels.clear()
 
     def __enter__(self):
         return self

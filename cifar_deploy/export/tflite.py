@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..contract import INPUT_NAME
+from ..contract import CLASS_NAMES, INPUT_NAME, MOBILE_INPUT_DTYPES
 from .base import (
     DEFAULT_IO_TYPE,
     IO_TYPES,
@@ -26,12 +26,14 @@ from .base import (
 from .calibration import calibration_sample
 from .metadata import TensorSpec, prob_output
 from .source import ExportSource
+from .tflite_metadata import LABELS_FILE, build_metadata, embed
 
 
-def _tensor_spec(detail: dict, name: str) -> TensorSpec:
+def _tensor_spec(detail: dict, name: str, static: bool = False) -> TensorSpec:
     dtype = np.dtype(detail["dtype"]).name
     scale, zero_point = detail.get("quantization", (0.0, 0))
-    shape = [None, *[int(d) for d in detail["shape"][1:]]]
+    dims = [int(d) for d in detail["shape"]]
+    shape = dims if static else [None, *dims[1:]]
     if dtype == "float32" or not scale:
         return TensorSpec(name=name, shape=shape, dtype=dtype)
     return TensorSpec(
@@ -43,7 +45,8 @@ def export_tflite(
     source: ExportSource, staging: Path, options: ExportOptions, quantization: str
 ) -> Produced:
     tf = _tf.tf()
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(source.savedmodel_dir))
+    saved = source.savedmodel_for(options.static_batch)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     calibration = None
     if quantization in ("float16", "dynamic", "int8"):
@@ -68,26 +71,42 @@ def export_tflite(
         converter.inference_output_type = tf.float32
     with _tf.quiet_native():  # the converter prints its quantization settings
         flatbuffer = converter.convert()
+    # Embedded metadata and labels go in before the file is hashed: the sidecar covers them.
+    metadata = build_metadata(source.model_name, quantization, list(CLASS_NAMES))
+    shipped = embed(flatbuffer, metadata, list(CLASS_NAMES))
     path = staging / f"{source.model_name}_{quantization}.tflite"
-    path.write_bytes(flatbuffer)
+    path.write_bytes(shipped)
 
     from ai_edge_litert.interpreter import Interpreter
 
     with _tf.quiet_native():
-        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter = Interpreter(model_content=shipped)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
+    spec = _tensor_spec(inp, INPUT_NAME, static=options.static_batch is not None)
+    extra = {
+        "tflite_input_tensor": inp["name"],
+        "tflite_output_tensor": out["name"],
+        "signature": "serving_default",
+        "embedded_metadata": {"bytes": len(shipped) - len(flatbuffer), "labels": LABELS_FILE},
+        "mobile_consumers": spec.dtype in MOBILE_INPUT_DTYPES,
+    }
+    if options.static_batch is not None:
+        extra["static_batch"] = options.static_batch
     return Produced(
         path=path,
-        input=_tensor_spec(inp, INPUT_NAME),
+        input=spec,
         output=prob_output(np.dtype(out["dtype"]).name),
         calibration=calibration,
-        extra={
-            "tflite_input_tensor": inp["name"],
-            "tflite_output_tensor": out["name"],
-            "signature": "serving_default",
-        },
+        extra=extra,
     )
+
+
+def tflite_name(model: str, quantization: str, options: ExportOptions | None = None) -> str:
+    """``cnn_int8.tflite``; ``cnn_int8_b1.tflite`` with a static batch of 1."""
+    static = options.static_batch if options is not None else None
+    suffix = f"_b{static}" if static is not None else ""
+    return f"{model}_{'float32' if quantization == 'none' else quantization}{suffix}.tflite"
 
 
 register_format(
@@ -95,10 +114,16 @@ register_format(
         name="tflite",
         quantizations=("none", "float16", "dynamic", "int8"),
         default_quantization="int8",
-        target=lambda model, q: f"{model}_{'float32' if q == 'none' else q}.tflite",
+        target=tflite_name,
         fn=export_tflite,
         description="LiteRT flatbuffer for mobile; int8 default with uint8 input",
         options=(
+            FormatOption(
+                "static_batch",
+                "--static-batch",
+                expected="at least 1",
+                valid=lambda v: v >= 1,
+            ),
             FormatOption(
                 "io_type",
                 "--io-type",

@@ -100,7 +100,7 @@ register_format(
         name="triton",
         quantizations=("none",),
         default_quantization="none",
-        target=lambda model, q: "triton",
+        target=lambda model, q, options=None: "triton",
         fn=export_triton,
         description="Triton/KServe model repository (ONNX Runtime backend, dynamic batching)",
         options=(

@@ -18,6 +18,7 @@ import numpy as np
 from ..data import load_cifar10, stratified_indices
 from ..errors import InvalidOptionError, one_line
 from .artifacts import collect_artifacts, load_metadata, resolve_reference
+from .consumers import get_consumer
 from .runtimes import load_predictor
 
 ECE_BINS = 15
@@ -158,8 +159,9 @@ def evaluation_split(data, samples: int | None, seed: int):
     return x[idx], y[idx]
 
 
-def _row(predictor, images, labels, ref, overrides) -> ParityRow:
-    """One artifact's row: its figures against the reference, and the verdict."""
+def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarray | None]:
+    """One artifact's row (its figures against the reference, and the verdict) and its
+    probabilities (None when it failed to run)."""
     meta = predictor.metadata
     row = ParityRow(
         name=predictor.path.name,
@@ -170,14 +172,49 @@ def _row(predictor, images, labels, ref, overrides) -> ParityRow:
         status="error",
         samples=len(labels),
     )
+    probs = None
     try:
-        figures = compare(predictor.predict(images), ref, labels)
+        probs = predictor.predict(images)
+        figures = compare(probs, ref, labels)
         for key, value in figures.items():
             setattr(row, key, value)
         row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
         row.status = "fail" if row.reasons else "pass"
     except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
         row.reasons = [one_line(exc, with_type=True)]
+    return row, probs
+
+
+def consumer_row(consumer_cls, predictor, images, labels, ours: np.ndarray) -> ParityRow:
+    """The library an app embeds against our own runtime on the same artifact: the same top-1
+    on every image, and category names equal to the artifact's class names."""
+    meta = predictor.metadata
+    row = ParityRow(
+        name=predictor.path.name,
+        path=str(predictor.path),
+        format=meta.format,
+        quantization=meta.quantization,
+        runtime=f"{consumer_cls.name} {consumer_cls.version()}",
+        status="error",
+        samples=len(labels),
+    )
+    try:
+        consumer = consumer_cls(predictor.path)
+        try:
+            out = consumer.run(images)
+        finally:
+            consumer.close()
+        figures = compare(out.probabilities, ours, labels)
+        for key, value in figures.items():
+            setattr(row, key, value)
+        disagree = int(round((1.0 - figures["agreement"]) * len(labels)))
+        if disagree:
+            row.reasons.append(f"top-1 differs from {predictor.provider} on {disagree} images")
+        if out.category_names != predictor.class_names:
+            row.reasons.append(f"category names {out.category_names} are not the class names")
+        row.status = "fail" if row.reasons else "pass"
+    except Exception as exc:  # the library refused the model: a failed row that says why
+        row.status, row.reasons = "fail", [f"{consumer_cls.name} cannot load it: {one_line(exc)}"]
     return row
 
 
@@ -192,12 +229,17 @@ def verify(
     seed: int = 42,
     data=None,
     on_progress: Callable[[str], None] | None = None,
+    consumers: Sequence[str] = (),
 ) -> list[ParityRow]:
-    """Evaluate the reference and every artifact on the test split; one row each.
+    """Evaluate the reference and every artifact on the test split; one row each, plus one row
+    per ``consumers`` library (e.g. "mediapipe") and artifact it can load, compared with our
+    own runtime on the same artifact.
 
-    Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference) raise
-    before any evaluation; a runtime failure during evaluation becomes an ``error`` row.
+    Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference, an
+    unknown consumer) raise before any evaluation; a runtime failure during evaluation becomes
+    an ``error`` row.
     """
+    consumer_classes = [get_consumer(name) for name in consumers]
     progress = on_progress or (lambda name: None)
     ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
     data = data if data is not None else load_cifar10(data_dir)
@@ -219,5 +261,10 @@ def verify(
     ]
     for path, predictor in predictors.items():
         progress(path.name)
-        rows.append(_row(predictor, x, y, ref, overrides))
+        row, probs = _row(predictor, x, y, ref, overrides)
+        rows.append(row)
+        for consumer in consumer_classes:
+            if probs is not None and consumer.accepts(predictor.metadata) is None:
+                progress(f"{path.name} ({consumer.name})")
+                rows.append(consumer_row(consumer, predictor, x, y, probs))
     return rows
