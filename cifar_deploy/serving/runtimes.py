@@ -148,6 +148,9 @@ class TFLitePredictor(Predictor):
         self._scale = spec.scale if spec.scale else file_scale
         self._zero = spec.zero_point if spec.zero_point is not None else file_zero
         self._identity = self._dtype == np.uint8 and self._scale == 1.0 and self._zero == 0
+        # A static-batch model (--static-batch N) runs N images at a time, the last batch padded.
+        first = int(self._in["shape_signature"][0])
+        self._static = first if first > 0 else None
         self.provider = f"litert xnnpack ({self.threads} threads)"
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
@@ -159,7 +162,13 @@ class TFLitePredictor(Predictor):
         q = np.round(batch.astype(np.float32) / self._scale + self._zero)
         return np.clip(q, info.min, info.max).astype(self._dtype)
 
+    def predict(self, images, batch_size: int = 256) -> np.ndarray:
+        return super().predict(images, batch_size=self._static or batch_size)
+
     def _run(self, batch):
+        if self._static is not None and len(batch) < self._static:
+            padding = np.zeros((self._static - len(batch), *batch.shape[1:]), batch.dtype)
+            return self._run(np.concatenate([batch, padding]))[: len(batch)]
         if self._batch != len(batch):
             self._it.resize_tensor_input(self._in["index"], batch_shape(len(batch)))
             with _tf.quiet_native():  # XNNPACK announces itself on the first allocation
