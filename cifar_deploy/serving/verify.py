@@ -159,25 +159,36 @@ def evaluation_split(data, samples: int | None, seed: int):
     return x[idx], y[idx]
 
 
-def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarray | None]:
-    """One artifact's row (its figures against the reference, and the verdict) and its
-    probabilities (None when it failed to run)."""
+def _blank_row(predictor, runtime: str, samples: int) -> ParityRow:
+    """An artifact's row before evaluation: who runs it, and "error" until it has run."""
     meta = predictor.metadata
-    row = ParityRow(
+    return ParityRow(
         name=predictor.path.name,
         path=str(predictor.path),
         format=meta.format,
         quantization=meta.quantization,
-        runtime=predictor.provider,
+        runtime=runtime,
         status="error",
-        samples=len(labels),
+        samples=samples,
     )
+
+
+def _compared(row: ParityRow, probs: np.ndarray, ref: np.ndarray, labels) -> dict:
+    figures = compare(probs, ref, labels)
+    for key, value in figures.items():
+        setattr(row, key, value)
+    return figures
+
+
+def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarray | None]:
+    """One artifact's row (its figures against the reference, and the verdict) and its
+    probabilities (None when it failed to run)."""
+    meta = predictor.metadata
+    row = _blank_row(predictor, predictor.provider, len(labels))
     probs = None
     try:
         probs = predictor.predict(images)
-        figures = compare(probs, ref, labels)
-        for key, value in figures.items():
-            setattr(row, key, value)
+        figures = _compared(row, probs, ref, labels)
         row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
         row.status = "fail" if row.reasons else "pass"
     except Exception as exc:  # a runtime failing mid-evaluation: an error row, not an abort
@@ -188,25 +199,14 @@ def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarr
 def consumer_row(consumer_cls, predictor, images, labels, ours: np.ndarray) -> ParityRow:
     """The library an app embeds against our own runtime on the same artifact: the same top-1
     on every image, and category names equal to the artifact's class names."""
-    meta = predictor.metadata
-    row = ParityRow(
-        name=predictor.path.name,
-        path=str(predictor.path),
-        format=meta.format,
-        quantization=meta.quantization,
-        runtime=f"{consumer_cls.name} {consumer_cls.version()}",
-        status="error",
-        samples=len(labels),
-    )
+    row = _blank_row(predictor, f"{consumer_cls.name} {consumer_cls.version()}", len(labels))
     try:
         consumer = consumer_cls(predictor.path)
         try:
             out = consumer.run(images)
         finally:
             consumer.close()
-        figures = compare(out.probabilities, ours, labels)
-        for key, value in figures.items():
-            setattr(row, key, value)
+        figures = _compared(row, out.probabilities, ours, labels)
         disagree = int(round((1.0 - figures["agreement"]) * len(labels)))
         if disagree:
             row.reasons.append(f"top-1 differs from {predictor.provider} on {disagree} images")
