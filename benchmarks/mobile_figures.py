@@ -75,9 +75,10 @@ def main() -> None:
         agree = f"{r['agreement']:.2%}" if "agreement" in r else "not loadable"
         diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
         native = r["latency_ms"].get("native CompiledModel")
+        native = "-" if native is None else f"{native:.3f}"
         print(
             f"| {r['artifact']} | {r['input']} | {r['metadata_bytes']:,} | {agree} | {diff} | "
-            f"{native:.3f} | {r['latency_ms']['python predictor']:.3f} |"
+            f"{native} | {r['latency_ms']['python predictor']:.3f} |"
         )
 
 
