@@ -173,8 +173,8 @@ def _cells(predict: Callable, base: BenchRow, config: BenchConfig) -> list[Bench
     return rows
 
 
-def _failed(base: BenchRow, config: BenchConfig, status: str, reason: str, runtimes=(None,)):
-    """One row per batch size (and runtime) for a cell set that cannot run."""
+def _untimed(base: BenchRow, config: BenchConfig, status: str, reason: str, runtimes=(None,)):
+    """One row per batch size (and runtime) for cells that are skipped or cannot run."""
     return [
         dataclasses.replace(
             base, runtime=r or base.runtime, batch_size=b, status=status, reason=reason
@@ -201,7 +201,7 @@ def bench_artifact(
         size_bytes=meta.artifact.size_bytes,
     )
     if device == "gpu" and not has_gpu():
-        return _failed(base, config, "skipped", "no GPU")
+        return _untimed(base, config, "skipped", "no GPU")
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
@@ -212,7 +212,7 @@ def bench_artifact(
             predictor.predict(input_pool(1)[0])
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
-            return _failed(base, config, "failed", one_line(exc, with_type=True))
+            return _untimed(base, config, "failed", one_line(exc, with_type=True))
         rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
     for row in rows:
         row.peak_rss_added_mb = rss.added_mb
@@ -263,7 +263,7 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
     )
     runtimes = ("model.predict", "direct call")
     if device == "gpu" and not has_gpu():
-        return _failed(base, config, "skipped", "no GPU", runtimes)
+        return _untimed(base, config, "skipped", "no GPU", runtimes)
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
@@ -276,7 +276,7 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
             model(input_pool(1)[0].astype(np.float32), training=False)
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
-            return _failed(base, config, "failed", one_line(exc, with_type=True), runtimes)
+            return _untimed(base, config, "failed", one_line(exc, with_type=True), runtimes)
 
         def via_predict(x):
             with tf.device(tf_device):
@@ -360,7 +360,7 @@ def benchmark(
             if path in broken:
                 kind = Path(path).suffix[1:] or "?"
                 base = BenchRow(Path(path).name, kind, "?", "predictor", "", device, 0, None)
-                rows += _failed(base, config, "failed", broken[path])
+                rows += _untimed(base, config, "failed", broken[path])
                 continue
             meta = metas[path]
             takes_threads = PREDICTORS[meta.format].takes_threads
