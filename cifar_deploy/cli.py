@@ -144,6 +144,9 @@ def train_cmd(
     model: Annotated[str, typer.Argument(help="cnn, mobilenetv2, wrn-28-10 (any wrn-D-W).")],
     quick: Annotated[bool, Opt(help="CNN only: the ~10-minute CPU preset.")] = False,
     epochs: Annotated[Optional[int], Opt(help="Epochs of the main phase.")] = None,
+    time_budget: Annotated[
+        Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
+    ] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per step.")] = None,
     lr: Annotated[Optional[float], Opt(help="Peak learning rate of the main phase.")] = None,
     warmup_epochs: Annotated[Optional[float], Opt(help="Linear warmup epochs.")] = None,
@@ -172,6 +175,7 @@ def train_cmd(
 ):
     """Train a model with its published recipe; writes runs/<model>/best.keras and run files."""
     from .training import resolve_recipe
+    from .training.budget import parse_duration
     from .training.trainer import TrainConfig, train
 
     recipe = resolve_recipe(
@@ -200,6 +204,7 @@ def train_cmd(
         data_dir=data_dir,
         max_train_samples=max_train_samples,
         strategy=strategy.value,
+        time_budget=parse_duration(time_budget) if time_budget else None,
         verbose=_training_verbosity(json_out),
     )
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress goes to stderr, data to stdout
@@ -525,6 +530,9 @@ def pipeline_cmd(
     model: Annotated[str, typer.Argument(help="Model name: cnn, mobilenetv2, wrn-28-10.")],
     quick: Annotated[bool, Opt(help="CNN only: the ~10-minute CPU training preset.")] = False,
     epochs: Annotated[Optional[int], Opt(help="Epochs of the main training phase.")] = None,
+    time_budget: Annotated[
+        Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
+    ] = None,
     formats: Annotated[str, Opt(help="Comma-separated formats, or 'all'.")] = "all",
     data_dir: DataDir = None,
     runs_dir: RunsDir = Path("runs"),
@@ -544,11 +552,13 @@ def pipeline_cmd(
     import dataclasses
 
     from .pipeline import PipelineConfig, run_pipeline
+    from .training.budget import parse_duration
 
     cfg = PipelineConfig(
         model=model,
         quick=quick,
         epochs=epochs,
+        time_budget=parse_duration(time_budget) if time_budget else None,
         data_dir=data_dir,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         runs_dir=runs_dir,

@@ -21,6 +21,7 @@ class PipelineConfig:
     model: str = "cnn"
     quick: bool = False
     epochs: int | None = None
+    time_budget: float | None = None  # seconds of training wall time; None: epochs
     formats: tuple[str, ...] = ("all",)
     data_dir: Path | None = None
     runs_dir: Path = Path("runs")
@@ -84,6 +85,7 @@ def _train(cfg: PipelineConfig) -> str:
         data_dir=cfg.data_dir,
         runs_dir=cfg.runs_dir,
         max_train_samples=cfg.max_train_samples,
+        time_budget=cfg.time_budget,
         model_kwargs=cfg.model_kwargs,
         verbose=cfg.verbose,
     )

@@ -11,6 +11,7 @@ Each run writes to ``<runs_dir>/<model>/``:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -24,10 +25,12 @@ from .. import _tf
 from ..contract import library_versions
 from ..data import CifarData, load_cifar10, subsample, train_val_split
 from ..errors import InvalidOptionError, TrainingInterrupted
+from .budget import TimeBudget
 from .recipes import Phase, Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
 from .registry import ModelSpec, get_model_spec
 
 STRATEGIES = ("none", "mirrored")
+MAX_BUDGET_EPOCHS = 100_000  # with a time budget, time ends training; this only bounds fit()
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")  # Keras logs kept per epoch
 EVAL_BATCH = 256  # images per step when evaluating the best checkpoint on the test split
 
@@ -43,6 +46,7 @@ class TrainConfig:
     weights: str | None = None  # MobileNetV2 only: 'imagenet', 'none' or a file
     strategy: str = "none"  # "none" or "mirrored"
     model_kwargs: dict = field(default_factory=dict)  # extra builder arguments (tests, ablations)
+    time_budget: float | None = None  # seconds of wall time for the whole run; None: epochs
     verbose: int | str = "auto"  # Keras fit verbosity: 0 silent, 1 bar, 2 line per epoch
     callbacks: list = field(default_factory=list)  # extra Keras callbacks (progress, tests)
 
@@ -121,18 +125,19 @@ class RunRecorder:
     ``best.keras`` when validation accuracy improves (both written from the float32 ``twin``),
     and ``run.json`` at the end, whatever the end was."""
 
-    def __init__(self, run_dir: Path, info: dict):
+    def __init__(self, run_dir: Path, info: dict, started: float | None = None):
         self.run_dir = run_dir
         self.history = run_dir / "history.csv"
         self.history.unlink(missing_ok=True)
         self.info = info
-        self.started = time.perf_counter()
+        self.started = started if started is not None else time.perf_counter()
         self.best_val = -1.0
         self.best_epoch = 0
         self.epochs_run = 0
         self.model = None  # the model being trained
         self.twin = None  # its float32 twin, which checkpoints are written from
         self._epoch_start = 0.0
+        self.steps_run = 0
 
     @property
     def best_path(self) -> Path:
@@ -147,8 +152,12 @@ class RunRecorder:
         keras = _tf.keras()
         return keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: self._begin_epoch(),
+            on_train_batch_end=lambda batch, logs: self._count_step(),
             on_epoch_end=lambda epoch, logs: self.end_epoch(epoch + 1, phase_name, logs or {}),
         )
+
+    def _count_step(self) -> None:
+        self.steps_run += 1
 
     def _begin_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -159,6 +168,7 @@ class RunRecorder:
             "phase": phase_name,
             "lr": f"{_current_lr(self.model.optimizer):.6g}",
             **{k: f"{logs[k]:.6f}" for k in HISTORY_METRICS if k in logs},
+            "steps": self.steps_run,
             "seconds": f"{time.perf_counter() - self._epoch_start:.2f}",
         }
         new = not self.history.exists()
@@ -205,6 +215,7 @@ class RunRecorder:
         self.info.update(
             status=status,
             epochs_run=self.epochs_run,
+            steps_run=self.steps_run,
             best_epoch=self.best_epoch,
             best_val_accuracy=self.best_val if self.best_val >= 0 else None,
             test_accuracy=test_accuracy,
@@ -265,11 +276,24 @@ def _set_trainable(spec: ModelSpec, model, phase: Phase, recipe: Recipe) -> None
 
 
 def _fit_phase(
-    model, phase: Phase, recipe: Recipe, datasets, first_epoch: int, callbacks: list, verbose
+    model,
+    phase: Phase,
+    recipe: Recipe,
+    datasets,
+    first_epoch: int,
+    callbacks: list,
+    verbose,
+    budget: TimeBudget | None = None,
 ) -> None:
-    """Compile for ``phase`` (its optimizer and schedule) and fit its epochs."""
+    """Compile for ``phase`` (its optimizer and schedule) and fit its epochs, or, with a
+    ``budget``, as many epochs as its time allows, the rate set by the budget."""
     keras, tf = _tf.keras(), _tf.tf()
     train_ds, val_ds, steps_per_epoch = datasets
+    epochs = phase.epochs
+    if budget is not None:  # a constant-rate optimizer whose rate the budget sets every step
+        phase = dataclasses.replace(phase, cosine=False, warmup_epochs=0.0)
+        epochs = MAX_BUDGET_EPOCHS
+        callbacks = [budget.callback(model), *callbacks]
     model.compile(
         optimizer=make_optimizer(phase, steps_per_epoch),
         loss=make_loss(recipe),
@@ -289,10 +313,30 @@ def _fit_phase(
         train_ds,
         validation_data=val_ds,
         initial_epoch=first_epoch,
-        epochs=first_epoch + phase.epochs,
+        epochs=first_epoch + epochs,
         callbacks=callbacks,
         verbose=verbose,
         shuffle=False,  # the dataset shuffles itself, seeded
+    )
+
+
+def _phase_budget(config: TrainConfig, recorder, phases: list[Phase], test_ratio: float):
+    """This phase's share of what is left of the run's budget (its share of the remaining
+    epochs), keeping back time for the final test evaluation after the last phase."""
+    if config.time_budget is None:
+        return None
+    left = config.time_budget - (time.perf_counter() - recorder.started)
+    if left <= 0:
+        raise InvalidOptionError(
+            f"the time budget of {config.time_budget:g} s ran out before phase {phases[0].name!r}"
+        )
+    phase = phases[0]
+    return TimeBudget(
+        seconds=left * phase.epochs / sum(p.epochs for p in phases),
+        peak=phase.lr,
+        final=phase.final_lr if phase.cosine else phase.lr,
+        warmup=phase.warmup_epochs / phase.epochs,
+        tail=test_ratio if len(phases) == 1 else 0.0,
     )
 
 
@@ -324,6 +368,7 @@ def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> di
         },
         "versions": library_versions(),
         "device": "gpu" if _tf.tf().config.list_physical_devices("GPU") else "cpu",
+        "time_budget_s": config.time_budget,
         "started_at": _now(),
     }
 
@@ -341,6 +386,7 @@ def _splits(config: TrainConfig, recipe: Recipe, data: CifarData):
 def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     """Train ``config.model`` with its recipe; returns paths and figures of the run."""
     keras = _tf.keras()
+    started = time.perf_counter()  # a time budget counts from here, data loading included
     spec = get_model_spec(config.model)
     recipe = config.recipe or spec.recipe
     recipe.validate()
@@ -353,7 +399,7 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     policy, strategy = resolve_precision(recipe.mixed_precision), make_strategy(config.strategy)
     sizes = (int(len(y_tr)), int(len(y_val)))
     info = _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes)
-    recorder = RunRecorder(run_dir, info)
+    recorder = RunRecorder(run_dir, info, started)
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         recorder.model, recorder.twin = _build(spec, kwargs, policy, strategy)
@@ -362,13 +408,22 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
             eval_dataset(x_val, y_val, recipe.batch_size),
             max(1, len(y_tr) // recipe.batch_size),  # steps per epoch
         )
-        for phase in (p for p in recipe.phases if p.epochs > 0):
+        phases = [p for p in recipe.phases if p.epochs > 0]
+        for i, phase in enumerate(phases):
             _set_trainable(spec, recorder.model, phase, recipe)
             callbacks = [recorder.callback(phase.name), *config.callbacks]
+            budget = _phase_budget(config, recorder, phases[i:], len(data.y_test) / sizes[1])
             with strategy.scope():
                 first = recorder.epochs_run
                 _fit_phase(
-                    recorder.model, phase, recipe, datasets, first, callbacks, config.verbose
+                    recorder.model,
+                    phase,
+                    recipe,
+                    datasets,
+                    first,
+                    callbacks,
+                    config.verbose,
+                    budget,
                 )
     except KeyboardInterrupt:
         recorder.interrupted()
