@@ -214,6 +214,11 @@ def train_cmd(
     console.out.print(console.train_table(result))
 
 
+class TTA(str, Enum):
+    none = "none"
+    flip = "flip"
+
+
 class Format(str, Enum):
     savedmodel = "savedmodel"
     tflite = "tflite"
@@ -265,6 +270,9 @@ def export_cmd(
     static_batch: Annotated[
         Optional[int], Opt(help="TFLite: a fixed batch size, for Edge TPU and NPU compilers.")
     ] = None,
+    tta: Annotated[
+        Optional[TTA], Opt(help="flip: bake mirror test-time augmentation into the graph.")
+    ] = None,
     force: Annotated[bool, Opt(help="Overwrite existing artifacts.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json_out: JsonFlag = False,
@@ -287,6 +295,7 @@ def export_cmd(
         data_dir=data_dir,
         max_batch_size=max_batch_size,
         static_batch=static_batch,
+        tta=tta.value if tta else None,
     )
     targets = export_targets(format.value, options.quantization)  # bad combinations fail here
     if model is None:
@@ -340,6 +349,7 @@ def verify_cmd(
         Optional[list[str]],
         Opt(help="Also run each .tflite in a library apps embed (mediapipe) against LiteRT."),
     ] = None,
+    tta: Annotated[TTA, Opt(help="flip: also report accuracy with mirror TTA.")] = TTA.none,
 ):
     """Check every exported artifact against its Keras model on the real test set.
 
@@ -366,6 +376,7 @@ def verify_cmd(
             overrides=overrides,
             on_progress=lambda name: advance(description=name),
             consumers=consumer or (),
+            tta=tta.value,
         )
     console.emit(json_out, json_file, [r.to_dict() for r in rows], lambda: parity_table(rows))
     if markdown_file:

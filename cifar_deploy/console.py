@@ -122,12 +122,20 @@ def artifact_table(artifacts) -> Table:
 def train_table(result) -> Table:
     cells = (
         f"{result.test_accuracy:.2%}",
+        f"{result.info['test_accuracy_flip_tta']:.2%}",
         f"{result.best_val_accuracy:.2%}",
         result.epochs_run,
         f"{result.wall_seconds:.0f} s",
         str(result.best_path),
     )
-    columns = ["test accuracy", "best val accuracy", "epochs", "wall time", "checkpoint"]
+    columns = [
+        "test accuracy",
+        "with flip TTA",
+        "best val accuracy",
+        "epochs",
+        "wall time",
+        "checkpoint",
+    ]
     return table(f"Trained {result.info['model']}", columns, [cells])
 
 

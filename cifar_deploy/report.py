@@ -78,6 +78,7 @@ def build_report(run_dir: Path) -> dict:
             k: run.get(k)
             for k in (
                 "test_accuracy",
+                "test_accuracy_flip_tta",
                 "best_val_accuracy",
                 "epochs_run",
                 "wall_seconds",
@@ -117,6 +118,11 @@ def _cells(r: dict) -> list[str]:
     ]
 
 
+def _tta_note(training: dict) -> str:
+    tta = training.get("test_accuracy_flip_tta")
+    return f", {tta:.2%} with flip test-time augmentation" if tta is not None else ""
+
+
 def render_markdown(report: dict) -> str:
     t = report["training"]
     m = report["machine"]
@@ -131,7 +137,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Training",
         "",
-        f"Test accuracy {t['test_accuracy']:.2%} (best validation {t['best_val_accuracy']:.2%}) "
+        f"Test accuracy {t['test_accuracy']:.2%}{_tta_note(t)} (best validation "
+        f"{t['best_val_accuracy']:.2%}) "
         f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
         f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
         if t.get("test_accuracy") is not None

@@ -96,7 +96,7 @@ def export_model(
             "float32 input only; this model is for toolchains that want int8 input"
         )
     artifacts: list[Artifact] = []
-    with ExportSource(Path(model_path)) as source:
+    with ExportSource(Path(model_path), tta=options.tta or "none") as source:
         _ = source.model  # load (and validate) once, before any format starts
         out = Path(out_dir) if out_dir else default_out_dir(source.model_name)
         if not options.force:

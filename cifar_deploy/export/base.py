@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..contract import library_versions
 from ..errors import CifarDeployError, ExportError, InvalidOptionError, one_line, unknown_name
+from ..tta import TTA_MODES
 from .metadata import Metadata, TensorSpec, file_record, now_iso, sidecar_path
 from .source import ExportSource
 
@@ -45,6 +46,7 @@ class ExportOptions:
     force: bool = False  # overwrite existing artifacts
     max_batch_size: int | None = None  # Triton: largest dynamic batch (default 64)
     static_batch: int | None = None  # TFLite: a fixed batch size (Edge TPU, NPU compilers)
+    tta: str | None = None  # "flip": mirror test-time augmentation in the graph (default none)
     calibration_images: object = None  # uint8 NHWC array; None: drawn from the training split
 
 
@@ -116,13 +118,18 @@ class ExportFormat:
     options: tuple[FormatOption, ...] = ()  # the options it reads beyond quantization
 
 
-# Options every int8 quantization reads, whatever the format.
-CALIBRATION_SAMPLES = FormatOption(
-    "calibration_samples",
-    "--calibration-samples",
-    applies=lambda q: q == "int8",
-    expected="at least 1",
-    valid=lambda v: v >= 1,
+# Options every format reads (calibration: every int8 quantization).
+COMMON_OPTIONS = (
+    FormatOption(
+        "calibration_samples",
+        "--calibration-samples",
+        applies=lambda q: q == "int8",
+        expected="at least 1",
+        valid=lambda v: v >= 1,
+    ),
+    FormatOption(
+        "tta", "--tta", expected=f"one of: {', '.join(TTA_MODES)}", valid=TTA_MODES.__contains__
+    ),
 )
 
 Target = tuple[ExportFormat, str]  # (format, quantization)
@@ -190,9 +197,9 @@ def check_options(targets: list[Target], options: ExportOptions) -> list[str]:
     declared: dict[str, list[tuple[FormatOption, Target]]] = {}
     for target in targets:
         fmt, q = target
-        for option in (*fmt.options, CALIBRATION_SAMPLES):
+        for option in (*fmt.options, *COMMON_OPTIONS):
             declared.setdefault(option.field, []).append((option, target))
-    every_field = {o.field: o for f in export_formats() for o in (*f.options, CALIBRATION_SAMPLES)}
+    every_field = {o.field: o for f in export_formats() for o in (*f.options, *COMMON_OPTIONS)}
     notes = []
     for name, option in every_field.items():
         value = getattr(options, name)
@@ -218,7 +225,7 @@ def _applies_to(field_name: str) -> str:
         f"{f.name} ({q})"
         for f in export_formats()
         for q in f.quantizations
-        for o in (*f.options, CALIBRATION_SAMPLES)
+        for o in (*f.options, *COMMON_OPTIONS)
         if o.field == field_name and o.applies(q)
     )
 
@@ -233,7 +240,13 @@ def _remove(path: Path) -> None:
 def target_path(
     fmt: ExportFormat, model_name: str, quantization: str, out_dir: Path, options=None
 ) -> Path:
-    return Path(out_dir) / fmt.target(model_name, quantization, options)
+    """Where an artifact goes; a test-time-augmented one gets ``_tta`` in its name
+    (``cnn_int8_tta.tflite``, ``savedmodel_tta``)."""
+    name = fmt.target(model_name, quantization, options)
+    if options is not None and options.tta not in (None, "none"):
+        stem, dot, suffix = name.partition(".")
+        name = f"{stem}_tta{dot}{suffix}"
+    return Path(out_dir) / name
 
 
 def _record(fmt, source, quantization, produced: Produced, staging: Path, seconds: float):
@@ -251,6 +264,7 @@ def _record(fmt, source, quantization, produced: Produced, staging: Path, second
         versions=library_versions(),
         created_at=now_iso(),
         extra=produced.extra,
+        tta=source.tta,
     )
 
 

@@ -60,6 +60,7 @@ class Metadata:
     versions: dict = field(default_factory=dict)
     created_at: str = ""
     extra: dict = field(default_factory=dict)
+    tta: str = "none"  # "flip": the graph averages the image's and its mirror's probabilities
     schema_version: int = SCHEMA_VERSION
     # False for a record built from the file alone (a .keras model, or an artifact without a
     # sidecar): then the file's own tensors, not this record, say what the input takes.

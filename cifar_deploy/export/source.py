@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import _tf
 from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
 from ..errors import InvalidModelError, one_line
+from ..tta import check_tta, in_graph
 from .metadata import FileRecord, file_record
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def load_keras_model(path: Path):
 class ExportSource:
     """One trained model and the derived forms that exporters share."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tta: str = "none"):
         self.path = validate_model_file(Path(path))
+        self.tta = check_tta(tta)  # test-time augmentation baked into every exported graph
         self._tmp: Path | None = None
         self._savedmodels: dict[int | None, Path] = {}
 
@@ -102,7 +104,7 @@ class ExportSource:
 
         @tf.function(input_signature=[tf.TensorSpec(batch_shape(batch), tf.float32, INPUT_NAME)])
         def serve(images):
-            return {OUTPUT_NAME: model(images, training=False)}
+            return {OUTPUT_NAME: in_graph(model, images, self.tta)}
 
         return serve
 

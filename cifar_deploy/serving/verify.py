@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data import load_cifar10, stratified_indices
 from ..errors import InvalidOptionError, one_line
+from ..tta import check_tta, with_tta
 from .artifacts import collect_artifacts, load_metadata, resolve_reference
 from .consumers import get_consumer
 from .runtimes import load_predictor
@@ -90,6 +91,8 @@ class ParityRow:
     worst_class_diff: float | None = None  # points; the most negative per-class difference
     ece: float | None = None
     samples: int = 0
+    tta: str = "none"  # test-time augmentation baked into the artifact
+    accuracy_tta: float | None = None  # 0..1, with mirror TTA applied at run time (--tta flip)
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -180,6 +183,10 @@ def _compared(row: ParityRow, probs: np.ndarray, ref: np.ndarray, labels) -> dic
     return figures
 
 
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
 def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarray | None]:
     """One artifact's row (its figures against the reference, and the verdict) and its
     probabilities (None when it failed to run)."""
@@ -230,22 +237,33 @@ def verify(
     data=None,
     on_progress: Callable[[str], None] | None = None,
     consumers: Sequence[str] = (),
+    tta: str = "none",
 ) -> list[ParityRow]:
     """Evaluate the reference and every artifact on the test split; one row each, plus one row
     per ``consumers`` library (e.g. "mediapipe") and artifact it can load, compared with our
-    own runtime on the same artifact.
+    own runtime on the same artifact. An artifact exported with ``--tta flip`` is compared with
+    the reference evaluated with the same augmentation; ``tta="flip"`` also reports every
+    artifact's (and the reference's) accuracy with mirror TTA applied at run time.
 
     Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference, an
     unknown consumer) raise before any evaluation; a runtime failure during evaluation becomes
     an ``error`` row.
     """
     consumer_classes = [get_consumer(name) for name in consumers]
+    check_tta(tta)
     progress = on_progress or (lambda name: None)
     ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
     data = data if data is not None else load_cifar10(data_dir)
     x, y = evaluation_split(data, samples, seed)
     progress("reference")
     ref = ref_predictor.predict(x)
+    refs = {"none": ref}  # the reference's probabilities by TTA mode, computed when needed
+
+    def reference(mode: str) -> np.ndarray:
+        if mode not in refs:
+            refs[mode] = with_tta(ref_predictor.predict, mode)(x)
+        return refs[mode]
+
     rows = [
         ParityRow(
             name="reference",
@@ -257,11 +275,16 @@ def verify(
             accuracy=float((ref.argmax(1) == y).mean()),
             ece=expected_calibration_error(ref, y),
             samples=len(y),
+            accuracy_tta=_accuracy(reference(tta), y) if tta != "none" else None,
         )
     ]
     for path, predictor in predictors.items():
         progress(path.name)
-        row, probs = _row(predictor, x, y, ref, overrides)
+        baked = predictor.metadata.tta
+        row, probs = _row(predictor, x, y, reference(baked), overrides)
+        row.tta = baked
+        if tta != "none" and baked == "none" and probs is not None:
+            row.accuracy_tta = _accuracy(with_tta(predictor.predict, tta)(x), y)
         rows.append(row)
         for consumer in consumer_classes:
             if probs is not None and consumer.accepts(predictor.metadata) is None:

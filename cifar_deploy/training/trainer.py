@@ -25,6 +25,7 @@ from .. import _tf
 from ..contract import library_versions
 from ..data import CifarData, load_cifar10, subsample, train_val_split
 from ..errors import InvalidOptionError, TrainingInterrupted
+from ..tta import mirrored
 from .budget import TimeBudget
 from .recipes import Phase, Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
 from .registry import ModelSpec, get_model_spec
@@ -195,8 +196,9 @@ class RunRecorder:
             self.save(self.last_path)
         self.finish("interrupted")
 
-    def result(self, test_accuracy: float) -> RunResult:
+    def result(self, test_accuracy: float, test_accuracy_tta: float) -> RunResult:
         """Complete the run: run.json with the test accuracy, and the run's record."""
+        self.info["test_accuracy_flip_tta"] = test_accuracy_tta
         info = self.finish("completed", test_accuracy)
         return RunResult(
             run_dir=self.run_dir,
@@ -340,13 +342,18 @@ def _phase_budget(config: TrainConfig, recorder, phases: list[Phase], test_ratio
     )
 
 
-def _evaluate_best(best_path: Path, data: CifarData) -> float:
-    """Test accuracy of the best checkpoint, loaded back as exports will load it."""
+def _evaluate_best(best_path: Path, data: CifarData) -> tuple[float, float]:
+    """Test accuracy of the best checkpoint, loaded back as exports will load it, without and
+    with mirror test-time augmentation."""
     keras = _tf.keras()
     best = keras.models.load_model(best_path, safe_mode=True)
-    images = eval_dataset(data.x_test, data.y_test, EVAL_BATCH).map(lambda x, y: x)
-    probs = best.predict(images, verbose=0)
-    return float(np.mean(np.argmax(probs, axis=1) == data.y_test))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return best.predict(images.astype(np.float32), batch_size=EVAL_BATCH, verbose=0)
+
+    plain = predict(data.x_test)
+    flipped = (plain + predict(mirrored(data.x_test))) / 2.0
+    return tuple(float(np.mean(p.argmax(1) == data.y_test)) for p in (plain, flipped))
 
 
 def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> dict:
@@ -433,4 +440,4 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
         ) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    return recorder.result(_evaluate_best(recorder.best_path, data))
+    return recorder.result(*_evaluate_best(recorder.best_path, data))
