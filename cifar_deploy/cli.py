@@ -365,7 +365,7 @@ def verify_cmd(
         "min_agreement": min_agreement,
         "max_accuracy_drop": max_accuracy_drop,
     }
-    with console.progress("verifying", total=None) as advance:
+    with console.progress("verifying", total=None, lines=True) as advance:
         rows = verify(
             paths,
             reference=reference,
@@ -434,7 +434,7 @@ def bench_cmd(
     )
     config.validate()
     paths = artifacts or default_artifacts(exports_dir)
-    with console.progress("benchmarking", total=None) as advance:
+    with console.progress("benchmarking", total=None, lines=True) as advance:
         rows, machine = benchmark(
             paths, config, reference=reference, on_progress=lambda name: advance(description=name)
         )

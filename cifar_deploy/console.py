@@ -10,11 +10,19 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 # Piped or redirected output gets 200 columns instead of rich's default 80, so wide tables
@@ -71,23 +79,30 @@ def setup_logging(verbose: bool) -> None:
 
 
 @contextlib.contextmanager
-def progress(title: str, total: int | None):
-    """A progress bar on stderr; yields ``advance(description=None, step=1)``."""
+def progress(title: str, total: int | None, lines: bool = False):
+    """A progress bar on stderr; yields ``advance(description=None, step=1)``. With ``lines``,
+    where stderr is no terminal (logs, pipes, CI), each new description is a line instead, with
+    the time so far, so long work never goes silent there."""
     bar = Progress(
         TextColumn(f"[bold]{title}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
         disable=not err.is_terminal,  # no live display in logs and pipes
     )
+    started = time.perf_counter()
     with bar:
         task = bar.add_task("", total=total)
 
         def advance(description: str | None = None, step: int = 1) -> None:
             bar.update(task, advance=step, **({"description": description} if description else {}))
+            if lines and description and bar.disable:
+                elapsed = time.perf_counter() - started
+                err.print(f"{title}: {description} ({elapsed:.0f} s)", highlight=False)
 
         yield advance
 

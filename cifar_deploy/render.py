@@ -27,6 +27,7 @@ PARITY_COLUMNS = [
     "mean abs diff",
     "worst class (pts)",
     "ECE",
+    "seconds",
     "status",
 ]
 
@@ -50,6 +51,7 @@ def parity_cells(row) -> list[str]:
         _fmt(row.mean_abs_diff, ".1e"),
         _fmt(row.worst_class_diff, "+.1f"),
         _fmt(row.ece, ".3f"),
+        _fmt(row.seconds, ".1f"),
         status,
     ]
 

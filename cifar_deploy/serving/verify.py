@@ -9,6 +9,7 @@ Tolerances come from one table keyed by quantization, each value overridable.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class ParityRow:
     samples: int = 0
     tta: str = "none"  # test-time augmentation baked into the artifact
     accuracy_tta: float | None = None  # 0..1, with mirror TTA applied at run time (--tta flip)
+    seconds: float | None = None  # wall time of this row's predictions on the split
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -193,8 +195,10 @@ def _row(predictor, images, labels, ref, overrides) -> tuple[ParityRow, np.ndarr
     meta = predictor.metadata
     row = _blank_row(predictor, predictor.provider, len(labels))
     probs = None
+    started = time.perf_counter()
     try:
         probs = predictor.predict(images)
+        row.seconds = time.perf_counter() - started
         figures = _compared(row, probs, ref, labels)
         row.reasons = judge(figures, tolerance_for(meta.quantization, overrides))
         row.status = "fail" if row.reasons else "pass"
@@ -208,9 +212,11 @@ def consumer_row(consumer_cls, predictor, images, labels, ours: np.ndarray) -> P
     on every image, and category names equal to the artifact's class names."""
     row = _blank_row(predictor, f"{consumer_cls.name} {consumer_cls.version()}", len(labels))
     try:
+        started = time.perf_counter()
         consumer = consumer_cls(predictor.path)
         try:
             out = consumer.run(images)
+            row.seconds = time.perf_counter() - started
         finally:
             consumer.close()
         figures = _compared(row, out.probabilities, ours, labels)
@@ -256,7 +262,9 @@ def verify(
     data = data if data is not None else load_cifar10(data_dir)
     x, y = evaluation_split(data, samples, seed)
     progress("reference")
+    started = time.perf_counter()
     ref = ref_predictor.predict(x)
+    ref_seconds = time.perf_counter() - started
     refs = {"none": ref}  # the reference's probabilities by TTA mode, computed when needed
 
     def reference(mode: str) -> np.ndarray:
@@ -276,6 +284,7 @@ def verify(
             ece=expected_calibration_error(ref, y),
             samples=len(y),
             accuracy_tta=_accuracy(reference(tta), y) if tta != "none" else None,
+            seconds=ref_seconds,
         )
     ]
     for path, predictor in predictors.items():
