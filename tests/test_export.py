@@ -202,6 +202,7 @@ def test_existing_artifacts_are_refused_before_any_conversion(tiny_model, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "cnn_float32.onnx",
         "cnn_float32.onnx.json",
+        "labels.txt",  # from the first export
     ]
 
 
