@@ -30,7 +30,7 @@ from .base import (
 )
 from .metadata import Metadata, read_sidecar, sidecar_path
 from .source import ExportSource, find_latest_checkpoint
-from .tflite_metadata import LABELS_FILE
+from .tflite_metadata import LABELS_FILE, labels_text
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,6 @@ def write_labels(out_dir: Path) -> Path:
     file TFLite metadata names, for consumers that take labels separately)."""
     path = Path(out_dir) / LABELS_FILE
     tmp = path.with_name(f".{LABELS_FILE}.tmp")
-    tmp.write_text("".join(f"{name}\n" for name in CLASS_NAMES))
+    tmp.write_text(labels_text(list(CLASS_NAMES)))
     tmp.replace(path)
     return path

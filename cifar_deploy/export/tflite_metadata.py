@@ -147,8 +147,13 @@ def embed(model: bytes, metadata: bytes, class_names: list[str]) -> bytes:
     out = io.BytesIO(bytes(builder.Output()))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", zipfile.ZIP_STORED) as archive:
-        archive.writestr(LABELS_FILE, "".join(f"{name}\n" for name in class_names))
+        archive.writestr(LABELS_FILE, labels_text(class_names))
     return out.getvalue()
+
+
+def labels_text(class_names: list[str]) -> str:
+    """The label file: one class name per line, in output order."""
+    return "".join(f"{name}\n" for name in class_names)
 
 
 def _name(value) -> str:
