@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _tf
 from ..contract import MOBILE_INPUT_DTYPES, NUM_CLASSES
 from ..errors import InvalidOptionError
 from ..export.metadata import Metadata
@@ -57,7 +58,8 @@ class MediaPipeConsumer:
         options = vision.ImageClassifierOptions(
             base_options=BaseOptions(model_asset_path=str(path)), max_results=NUM_CLASSES
         )
-        self._classifier = vision.ImageClassifier.create_from_options(options)
+        with _tf.quiet_native():  # MediaPipe's and XNNPACK's start-up notices
+            self._classifier = vision.ImageClassifier.create_from_options(options)
 
     def run(self, images: np.ndarray) -> ConsumerOutput:
         import mediapipe as mp
