@@ -11,7 +11,6 @@ same threads. The GPU delegate is not checked here (no GPU; TensorFlow's
 from __future__ import annotations
 
 import gc
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from ..export.tflite_metadata import read_metadata
 
 # Operators that only move data between int8 and the float edges of a quantized model.
 EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")
-LATENCY_RUNS = 200  # timed batch-1 runs per runtime (after 20 warm-up runs)
+LATENCY_RUNS = 200  # timed batch-1 runs per runtime
+WARMUP_RUNS = 20  # untimed runs before them
 
 
 @dataclass
@@ -151,15 +151,12 @@ def consumers(input_dtype: str, metadata: dict | None, dynamic_batch: bool, floa
     }
 
 
-def _time(fn, runs: int = LATENCY_RUNS) -> float:
-    for _ in range(20):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - start)
-    return float(np.median(samples)) / 1e6
+def _time(fn) -> float:
+    """Batch-1 p50 in ms, timed as ``bench`` times every cell (``bench.time_runs``)."""
+    from .bench import time_runs
+
+    latencies = time_runs(lambda _: fn(), [None], WARMUP_RUNS, min_time=0.0, min_runs=LATENCY_RUNS)
+    return float(np.median(latencies))
 
 
 def native_latency(path: Path, threads: int) -> float | None:
@@ -230,12 +227,12 @@ def inspect_tflite(path: Path, threads: int = 1, latency: bool = True) -> Inspec
     )
     if latency:
         with _tf.quiet_native():  # LiteRT's accelerator notices
-            result.latency_ms = _latencies(path, threads, inputs[0].dtype)
+            result.latency_ms = _latencies(path, threads)
             gc.collect()
     return result
 
 
-def _latencies(path: Path, threads: int, dtype: str) -> dict[str, float | None]:
+def _latencies(path: Path, threads: int) -> dict[str, float | None]:
     from .artifacts import load_metadata
     from .runtimes import load_predictor
 
