@@ -126,6 +126,7 @@ def models_cmd(json_out: JsonFlag = False):
 class Strategy(str, Enum):
     none = "none"
     mirrored = "mirrored"
+    multi_worker = "multi-worker"
 
 
 class Precision(str, Enum):
@@ -142,7 +143,9 @@ Opt = typer.Option  # the training options are many; this keeps each on one line
 @handles_errors
 def train_cmd(
     model: Annotated[str, typer.Argument(help="cnn, mobilenetv2, wrn-28-10 (any wrn-D-W).")],
-    quick: Annotated[bool, Opt(help="CNN only: the ~10-minute CPU preset.")] = False,
+    quick: Annotated[
+        bool, Opt(help="CNN only: a 10-minute budget on any machine (with --epochs: N epochs).")
+    ] = False,
     epochs: Annotated[Optional[int], Opt(help="Epochs of the main phase.")] = None,
     time_budget: Annotated[
         Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
@@ -167,17 +170,22 @@ def train_cmd(
     val_split: Annotated[Optional[float], Opt(help="Share held out for validation.")] = None,
     seed: Annotated[int, Opt(help="Seed for NumPy, TensorFlow and Python.")] = 42,
     weights: Annotated[Optional[str], Opt(help="MobileNetV2: imagenet, none or a file.")] = None,
-    strategy: Annotated[Strategy, Opt(help="mirrored: all GPUs (or CPUs).")] = Strategy.none,
+    strategy: Annotated[
+        Strategy, Opt(help="mirrored: all GPUs (or CPUs); multi-worker: the machines in TF_CONFIG.")
+    ] = Strategy.none,
     mixed_precision: Annotated[
         Optional[Precision], Opt(help="auto: bf16 on AMX/AVX512-BF16 CPUs, fp16 on GPUs.")
     ] = None,
     json_out: JsonFlag = False,
 ):
     """Train a model with its published recipe; writes runs/<model>/best.keras and run files."""
-    from .training import resolve_recipe
+    from .training import resolve_recipe, resolve_time_budget
     from .training.budget import parse_duration
     from .training.trainer import TrainConfig, train
 
+    budget = resolve_time_budget(
+        model, quick, epochs, parse_duration(time_budget) if time_budget else None
+    )
     recipe = resolve_recipe(
         model,
         quick=quick,
@@ -204,14 +212,26 @@ def train_cmd(
         data_dir=data_dir,
         max_train_samples=max_train_samples,
         strategy=strategy.value,
-        time_budget=parse_duration(time_budget) if time_budget else None,
+        time_budget=budget,
         verbose=_training_verbosity(json_out),
     )
-    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress goes to stderr, data to stdout
+    with _budget_bar(config) as _, contextlib.redirect_stdout(sys.stderr):  # Keras: stderr
         result = train(config)
     if json_out:
         return console.print_json(result.info)
     console.out.print(console.train_table(result))
+
+
+@contextlib.contextmanager
+def _budget_bar(config):
+    """With a time budget, the trainer reports to a bar of elapsed and remaining time (Keras'
+    epoch bar counts epochs the budget decides); without one, Keras' bar is the progress."""
+    if config.time_budget is None:
+        yield None
+        return
+    with console.progress("training", total=config.time_budget, lines=True, timed=True) as bar:
+        config.on_progress = console.budget_reporter(bar)
+        yield bar
 
 
 class TTA(str, Enum):
@@ -366,6 +386,7 @@ def verify_cmd(
         "max_accuracy_drop": max_accuracy_drop,
     }
     with console.progress("verifying", total=None, lines=True) as advance:
+        report = console.pass_reporter(advance)
         rows = verify(
             paths,
             reference=reference,
@@ -374,7 +395,7 @@ def verify_cmd(
             device=device.value,
             threads=threads,
             overrides=overrides,
-            on_progress=lambda name: advance(description=name),
+            on_progress=report,
             consumers=consumer or (),
             tta=tta.value,
         )
@@ -539,7 +560,10 @@ def predict_cmd(
 @handles_errors
 def pipeline_cmd(
     model: Annotated[str, typer.Argument(help="Model name: cnn, mobilenetv2, wrn-28-10.")],
-    quick: Annotated[bool, Opt(help="CNN only: the ~10-minute CPU training preset.")] = False,
+    quick: Annotated[
+        bool,
+        Opt(help="CNN only: every stage within 15 minutes on any machine (see README)."),
+    ] = False,
     epochs: Annotated[Optional[int], Opt(help="Epochs of the main training phase.")] = None,
     time_budget: Annotated[
         Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
@@ -580,17 +604,20 @@ def pipeline_cmd(
         bench_min_time=bench_min_time,
         bench_batch_sizes=_int_list(bench_batch_sizes, "--bench-batch-sizes"),
         verbose=_training_verbosity(json_out),
+        progress=lambda title, **kw: console.progress(title, lines=True, **kw),
     )
+
+    def stage_starts(name: str) -> None:
+        if name == "train" and cfg.plan is not None:
+            console.err.print(f"plan: {cfg.plan.describe()}", highlight=False)
+        console.err.print(f"{name} ...")
+
     with contextlib.redirect_stdout(sys.stderr):
-        results = run_pipeline(
-            cfg,
-            on_stage_start=lambda n: console.err.print(f"{n} ..."),
-            on_stage_end=console.print_stage,
-        )
+        results = run_pipeline(cfg, on_stage_start=stage_starts, on_stage_end=console.print_stage)
     if json_out:
         console.print_json([dataclasses.asdict(r) for r in results])
     else:
-        console.out.print(console.stages_table(model, results))
+        console.out.print(console.stages_table(model, results, cfg.budget))
         report = cfg.run_dir / "report.md"
         if report.exists():
             console.out.print(f"report: {report}")

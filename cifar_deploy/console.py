@@ -78,11 +78,32 @@ def setup_logging(verbose: bool) -> None:
     logger.propagate = False
 
 
+def _eta(elapsed: float, done: float, total: float | None) -> str:
+    """ ", about 40 s left" once some of ``total`` is done; "" before."""
+    if not total or done <= 0 or done >= total:
+        return ""
+    return f", about {elapsed / done * (total - done):.0f} s left"
+
+
+def budget_reporter(advance):
+    """A trainer's ``on_progress(description, elapsed, budget)`` drawn on a ``timed`` bar."""
+    return lambda description, elapsed, budget: advance(
+        description=description, completed=elapsed, total=budget
+    )
+
+
+def pass_reporter(advance):
+    """verify's ``on_progress(name, done, total)`` drawn on a bar."""
+    return lambda name, done, total: advance(description=name, completed=done, total=total)
+
+
 @contextlib.contextmanager
-def progress(title: str, total: int | None, lines: bool = False):
-    """A progress bar on stderr; yields ``advance(description=None, step=1)``. With ``lines``,
-    where stderr is no terminal (logs, pipes, CI), each new description is a line instead, with
-    the time so far, so long work never goes silent there."""
+def progress(title: str, total: int | None, lines: bool = False, timed: bool = False):
+    """A progress bar on stderr, with elapsed and remaining time; yields ``advance(description=
+    None, step=1, completed=None, total=None)`` (``completed``/``total`` set the position and
+    the size outright). With ``lines``, where stderr is no terminal (logs, pipes, CI), each new
+    description is a line instead, with the time so far and the time left, so long work never
+    goes silent there. ``timed``: the bar counts seconds of a time budget (``total``)."""
     bar = Progress(
         TextColumn(f"[bold]{title}[/]"),
         BarColumn(),
@@ -98,11 +119,23 @@ def progress(title: str, total: int | None, lines: bool = False):
     with bar:
         task = bar.add_task("", total=total)
 
-        def advance(description: str | None = None, step: int = 1) -> None:
-            bar.update(task, advance=step, **({"description": description} if description else {}))
+        def advance(description=None, step=1, completed=None, total=None) -> None:
+            fields = {"description": description} if description else {}
+            if total is not None:
+                fields["total"] = total
+            if completed is not None:
+                bar.update(task, completed=completed, **fields)
+            else:
+                bar.update(task, advance=step, **fields)
             if lines and description and bar.disable:
+                state = bar.tasks[0]
                 elapsed = time.perf_counter() - started
-                err.print(f"{title}: {description} ({elapsed:.0f} s)", highlight=False)
+                if timed and state.total:
+                    when = f"{state.completed:.0f} s of a {state.total:.0f} s budget"
+                else:
+                    count = f"{state.completed:g} of {state.total:g} done, " if state.total else ""
+                    when = f"{count}{elapsed:.0f} s{_eta(elapsed, state.completed, state.total)}"
+                err.print(f"{title}: {description} ({when})", highlight=False)
 
         yield advance
 
@@ -175,8 +208,11 @@ def print_stage(result) -> None:
     )
 
 
-def stages_table(model: str, results) -> Table:
+def stages_table(model: str, results, budget: float | None = None) -> Table:
     rows = [(r.name, r.status, f"{r.seconds:.1f}", r.detail) for r in results]
+    total = sum(r.seconds for r in results)
+    within = f"of a {budget:.0f} s budget" if budget else ""
+    rows.append(("total", "", f"{total:.1f}", within))
     return table(f"Pipeline: {model}", ["stage", "status", "seconds", "detail"], rows)
 
 

@@ -7,13 +7,33 @@ after it (each needs the one before), says which and why, and leaves earlier res
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import CifarDeployError, ExportError
+
+# --quick: the whole pipeline (train, export, verify, bench, report) in 15 minutes of wall time
+# on any machine. Training gets what the later stages will not need, estimated from the model's
+# inference speed measured on this machine before training.
+QUICK_PIPELINE_SECONDS = 15 * 60.0
+TEST_IMAGES = 10_000  # CIFAR-10's test split, what verify evaluates
+# Measured on a 2-core AMD EPYC (AVX2, no AVX-512): the CNN's Keras inference ran 254 images/s
+# at batch 256, and `export --format all` took 35 s; other machines scale by their own rate.
+REFERENCE_RATE = 254.0
+EXPORT_SECONDS_AT_REFERENCE = 35.0
+LOAD_SECONDS_AT_REFERENCE = 1.0  # loading one artifact in bench
+REPORT_SECONDS = 10.0
+MARGIN_SECONDS = 60.0  # kept back for estimates that come out short (slow phases of a VM)
+VERIFY_SHARE = 0.25  # verify may use this share of the budget; beyond it, fewer images
+MIN_VERIFY_SAMPLES = 2_000
+MIN_TRAIN_SECONDS = 60.0
 
 
 @dataclass
@@ -34,6 +54,20 @@ class PipelineConfig:
     bench_min_time: float = 0.5  # seconds per benchmark cell
     model_kwargs: dict = field(default_factory=dict)  # builder overrides (tests)
     verbose: int = 0  # training progress: 0 silent, 1 bar, 2 a line per epoch
+    total_budget: float | None = None  # seconds for every stage together; None: see budget()
+    # title -> a context manager yielding console.progress's advance(); None: no progress shown
+    progress: Callable | None = None
+    plan: BudgetPlan | None = None  # set by run_pipeline when there is a total budget
+
+    @property
+    def budget(self) -> float | None:
+        """Seconds for the whole pipeline: ``total_budget``, or with ``--quick`` (and neither
+        epochs nor a training budget) the 15-minute promise; None: no whole-pipeline budget."""
+        if self.total_budget is not None:
+            return self.total_budget
+        if self.quick and self.epochs is None and self.time_budget is None:
+            return QUICK_PIPELINE_SECONDS
+        return None
 
     @property
     def run_dir(self) -> Path:
@@ -42,6 +76,102 @@ class PipelineConfig:
     @property
     def export_dir(self) -> Path:
         return Path(self.exports_dir) / self.model
+
+
+@dataclass
+class BudgetPlan:
+    """How a whole-pipeline budget is shared: estimates for the stages after training (seconds),
+    from the inference ``rate`` (images/s) measured on this machine; training gets the rest."""
+
+    total: float
+    started: float  # perf_counter() when the pipeline started
+    rate: float
+    export: float
+    verify: float
+    verify_samples: int | None  # None: the whole test split
+    bench: float
+    report: float
+    margin: float
+
+    @property
+    def after_training(self) -> float:
+        return self.export + self.verify + self.bench + self.report + self.margin
+
+    def training_seconds(self, now: float | None = None) -> float:
+        """What is left for training at ``now``, at least ``MIN_TRAIN_SECONDS``."""
+        now = time.perf_counter() if now is None else now
+        left = self.total - (now - self.started) - self.after_training
+        return max(left, MIN_TRAIN_SECONDS)
+
+    def describe(self) -> str:
+        images = f"{self.verify_samples:,}" if self.verify_samples else f"{TEST_IMAGES:,}"
+        return (
+            f"{self.total:.0f} s budget: export ~{self.export:.0f} s, verify ~{self.verify:.0f} s "
+            f"on {images} images, bench ~{self.bench:.0f} s, {self.margin:.0f} s margin "
+            f"(inference {self.rate:.0f} images/s here)"
+        )
+
+
+def plan_budget(
+    total: float,
+    rate: float,
+    artifacts: int,
+    batch_sizes: tuple[int, ...],
+    bench_min_time: float,
+    verify_samples: int | None = None,
+    started: float | None = None,
+    bench_warmup: int = 2,
+    bench_min_runs: int = 5,
+) -> BudgetPlan:
+    """Estimates for export, verify and bench at ``rate`` images/s. Verify runs every
+    artifact over the test split (the reference's predictions come from training); when that
+    would take more than ``VERIFY_SHARE`` of the budget, it runs on a stratified sample that
+    fits (at least ``MIN_VERIFY_SAMPLES`` images) unless ``verify_samples`` is given."""
+    slower = REFERENCE_RATE / rate  # > 1 on a machine slower than the one the constants fit
+    if verify_samples is None:
+        fits = int(VERIFY_SHARE * total * rate / max(artifacts, 1)) // 500 * 500
+        verify_samples = None if fits >= TEST_IMAGES else max(fits, MIN_VERIFY_SAMPLES)
+    images = verify_samples or TEST_IMAGES
+    cells = (artifacts + 2) * len(batch_sizes)  # + Keras model.predict and direct-call rows
+    per_cell = sum(
+        bench_warmup * b / rate + max(bench_min_time, bench_min_runs * b / rate)
+        for b in batch_sizes
+    ) / max(len(batch_sizes), 1)
+    return BudgetPlan(
+        total=total,
+        started=time.perf_counter() if started is None else started,
+        rate=rate,
+        export=EXPORT_SECONDS_AT_REFERENCE * slower,
+        verify=artifacts * images / rate,
+        verify_samples=verify_samples,
+        bench=cells * per_cell + (artifacts + 1) * LOAD_SECONDS_AT_REFERENCE * slower,
+        report=REPORT_SECONDS,
+        margin=MARGIN_SECONDS,
+    )
+
+
+def inference_rate(model: str, model_kwargs: dict | None = None, batch: int = 256) -> float:
+    """Images per second of the freshly built (float32) Keras model at ``batch``, measured
+    after one warm-up call: a few seconds that tell how fast this machine is right now."""
+    from .training import get_model_spec
+
+    spec = get_model_spec(model)
+    kwargs = dict(model_kwargs or {})
+    if spec.accepts_weights:
+        kwargs["weights"] = None
+    net = spec.build(**kwargs)
+    images = np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32)
+    net(images, training=False)
+    started = time.perf_counter()
+    net(images, training=False)
+    return batch / (time.perf_counter() - started)
+
+
+def _progress(cfg: PipelineConfig, title: str, **kwargs):
+    """``cfg.progress(title)``, or a context that swallows every report."""
+    if cfg.progress is None:
+        return contextlib.nullcontext(lambda *args, **kw: None)
+    return cfg.progress(title, **kwargs)
 
 
 @dataclass
@@ -74,10 +204,12 @@ def up_to_date(inputs: list[Path], outputs: list[Path]) -> bool:
 
 
 def _train(cfg: PipelineConfig) -> str:
+    from .console import budget_reporter
     from .training import resolve_recipe
     from .training.trainer import TrainConfig, train
 
     recipe = resolve_recipe(cfg.model, quick=cfg.quick, epochs=cfg.epochs)
+    budget = cfg.plan.training_seconds() if cfg.plan else cfg.time_budget
     config = TrainConfig(
         model=cfg.model,
         recipe=recipe,
@@ -85,12 +217,24 @@ def _train(cfg: PipelineConfig) -> str:
         data_dir=cfg.data_dir,
         runs_dir=cfg.runs_dir,
         max_train_samples=cfg.max_train_samples,
-        time_budget=cfg.time_budget,
+        time_budget=budget,
         model_kwargs=cfg.model_kwargs,
         verbose=cfg.verbose,
     )
-    result = train(config)
-    return f"test accuracy {result.test_accuracy:.2%} after {result.epochs_run} epochs"
+    if budget is None:
+        result = train(config)
+    else:
+        with _progress(cfg, "training", total=budget, timed=True) as advance:
+            config.on_progress = budget_reporter(advance)
+            result = train(config)
+    detail = (
+        f"test accuracy {result.test_accuracy:.2%} "
+        f"({result.info['test_accuracy_flip_tta']:.2%} with flip TTA) "
+        f"after {result.epochs_run} epochs, {result.info['steps_run']} steps"
+    )
+    if budget is not None:
+        detail += f" in a {budget:.0f} s training budget"
+    return detail
 
 
 def _export_targets(cfg: PipelineConfig):
@@ -129,14 +273,20 @@ def _export(cfg: PipelineConfig) -> str:
 
 
 def _verify(cfg: PipelineConfig) -> str:
+    from .console import pass_reporter
     from .serving.verify import verify
 
-    rows = verify(
-        _artifact_paths(cfg),
-        reference=cfg.run_dir / "best.keras",
-        data_dir=cfg.data_dir,
-        samples=cfg.verify_samples,
-    )
+    samples = cfg.verify_samples
+    if samples is None and cfg.plan is not None:
+        samples = cfg.plan.verify_samples
+    with _progress(cfg, "verifying", total=None) as advance:
+        rows = verify(
+            _artifact_paths(cfg),
+            reference=cfg.run_dir / "best.keras",
+            data_dir=cfg.data_dir,
+            samples=samples,
+            on_progress=pass_reporter(advance),
+        )
     (cfg.run_dir / "parity.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2))
     passed = sum(r.status == "pass" for r in rows[1:])
     return f"{passed} of {len(rows) - 1} artifacts pass parity"
@@ -202,8 +352,19 @@ def run_pipeline(
     """Run every stage in order; returns one result per stage."""
     from .training import get_model_spec
 
+    started = time.perf_counter()
     get_model_spec(cfg.model)  # an unknown model fails before any work
-    _export_targets(cfg)  # so does an unknown format
+    targets = _export_targets(cfg)  # so does an unknown format
+    if cfg.budget is not None:
+        cfg.plan = plan_budget(
+            cfg.budget,
+            inference_rate(cfg.model, cfg.model_kwargs),
+            len(targets),
+            cfg.bench_batch_sizes,
+            cfg.bench_min_time,
+            cfg.verify_samples,
+            started,
+        )
     results: list[StageResult] = []
     blocked_by: str | None = None
     for stage in STAGES:
@@ -234,4 +395,23 @@ def run_pipeline(
         results.append(result)
         if on_stage_end:
             on_stage_end(result)
+    _write_record(cfg, results, time.perf_counter() - started)
     return results
+
+
+def _write_record(cfg: PipelineConfig, results: list[StageResult], seconds: float) -> None:
+    """``runs/<model>/pipeline.json``: every stage, the wall time and the budget's plan."""
+    if not cfg.run_dir.is_dir():
+        return
+    record = {
+        "stages": [dataclasses.asdict(r) for r in results],
+        "wall_seconds": round(seconds, 1),
+        "budget_seconds": cfg.budget,
+        "plan": None
+        if cfg.plan is None
+        else {
+            **{k: v for k, v in dataclasses.asdict(cfg.plan).items() if k != "started"},
+            "after_training": cfg.plan.after_training,
+        },
+    }
+    (cfg.run_dir / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -48,6 +48,7 @@ def test_one_epoch_writes_every_run_file(tmp_path, cifar_dir):
         "last.keras",
         "history.csv",
         "run.json",
+        "best.predictions.npz",  # the test split's probabilities, for verify
     }
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 1 and rows[0]["epoch"] == "1" and rows[0]["phase"] == "train"

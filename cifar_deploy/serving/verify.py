@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import reference as reference_cache
 from ..data import load_cifar10, stratified_indices
 from ..errors import InvalidOptionError, one_line
 from ..tta import check_tta, with_tta
@@ -154,14 +155,30 @@ def _load_all(artifacts: Sequence[Path], reference: Path | None, device: str, th
 
 
 def evaluation_split(data, samples: int | None, seed: int):
-    """(images, labels) of the test split, or a seeded class-stratified sample of it."""
+    """(images, labels, indices) of the test split, or of a seeded class-stratified sample of
+    it; ``indices`` is None for the whole split."""
     x, y = data.x_test, data.y_test
     if samples is None:
-        return x, y
+        return x, y, None
     if samples < 10:
         raise InvalidOptionError(f"--samples must be at least 10, received {samples}")
     idx = stratified_indices(y, min(samples, len(y)), seed)
-    return x[idx], y[idx]
+    return x[idx], y[idx], idx
+
+
+def _cached_reference(ref_predictor, data, idx) -> dict[str, np.ndarray]:
+    """The reference's probabilities that training kept (TTA mode -> probabilities of the
+    evaluated images), when they belong to this very model file and test split."""
+    cached = reference_cache.load(ref_predictor.path, data.x_test, data.y_test)
+    return {mode: p if idx is None else p[idx] for mode, p in cached.items()}
+
+
+def _passes(predictors: dict, tta: str, consumers: Sequence, cached: dict) -> int:
+    """How many evaluation passes over the split a verify run makes (for its progress)."""
+    ref = int("none" not in cached) + int(tta != "none" and tta not in cached)
+    per_artifact = 1 + int(tta != "none")
+    usable = sum(c.accepts(p.metadata) is None for p in predictors.values() for c in consumers)
+    return ref + per_artifact * len(predictors) + usable
 
 
 def _blank_row(predictor, runtime: str, samples: int) -> ParityRow:
@@ -241,7 +258,7 @@ def verify(
     overrides: dict | None = None,
     seed: int = 42,
     data=None,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
     consumers: Sequence[str] = (),
     tta: str = "none",
 ) -> list[ParityRow]:
@@ -251,45 +268,56 @@ def verify(
     the reference evaluated with the same augmentation; ``tta="flip"`` also reports every
     artifact's (and the reference's) accuracy with mirror TTA applied at run time.
 
+    ``on_progress(name, done, total)`` is called before each pass over the split (``done`` of
+    ``total`` passes made so far), and once with ``done == total`` at the end. The reference's
+    probabilities that training kept beside the model are used when they match it.
+
     Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference, an
     unknown consumer) raise before any evaluation; a runtime failure during evaluation becomes
     an ``error`` row.
     """
     consumer_classes = [get_consumer(name) for name in consumers]
     check_tta(tta)
-    progress = on_progress or (lambda name: None)
     ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
     data = data if data is not None else load_cifar10(data_dir)
-    x, y = evaluation_split(data, samples, seed)
-    progress("reference")
-    started = time.perf_counter()
-    ref = ref_predictor.predict(x)
-    ref_seconds = time.perf_counter() - started
-    refs = {"none": ref}  # the reference's probabilities by TTA mode, computed when needed
+    x, y, idx = evaluation_split(data, samples, seed)
+    refs = _cached_reference(ref_predictor, data, idx)  # TTA mode -> reference probabilities
+    total, done = _passes(predictors, tta, consumer_classes, refs), 0
+
+    def progress(name: str, passes: int = 1) -> None:
+        nonlocal done
+        if on_progress:
+            on_progress(name, done, total)
+        done += passes
 
     def reference(mode: str) -> np.ndarray:
         if mode not in refs:
             refs[mode] = with_tta(ref_predictor.predict, mode)(x)
         return refs[mode]
 
+    cached = "none" in refs
+    if not cached:
+        progress("reference", 1 + int(tta != "none"))
+    started = time.perf_counter()
+    ref = reference("none")
     rows = [
         ParityRow(
             name="reference",
             path=str(ref_predictor.path),
             format="keras",
             quantization="none",
-            runtime=ref_predictor.provider,
+            runtime=ref_predictor.provider + (" (kept by training)" if cached else ""),
             status="reference",
-            accuracy=float((ref.argmax(1) == y).mean()),
+            accuracy=_accuracy(ref, y),
             ece=expected_calibration_error(ref, y),
             samples=len(y),
             accuracy_tta=_accuracy(reference(tta), y) if tta != "none" else None,
-            seconds=ref_seconds,
+            seconds=time.perf_counter() - started,
         )
     ]
     for path, predictor in predictors.items():
-        progress(path.name)
         baked = predictor.metadata.tta
+        progress(path.name, 1 + int(tta != "none"))
         row, probs = _row(predictor, x, y, reference(baked), overrides)
         row.tta = baked
         if tta != "none" and baked == "none" and probs is not None:
@@ -299,4 +327,6 @@ def verify(
             if probs is not None and consumer.accepts(predictor.metadata) is None:
                 progress(f"{path.name} ({consumer.name})")
                 rows.append(consumer_row(consumer, predictor, x, y, probs))
+    if on_progress:
+        on_progress("done", total, total)
     return rows

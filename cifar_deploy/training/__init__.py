@@ -9,6 +9,7 @@ from .registry import (
     recipe_summary,
     register_model,
     resolve_recipe,
+    resolve_time_budget,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "recipe_summary",
     "register_model",
     "resolve_recipe",
+    "resolve_time_budget",
 ]

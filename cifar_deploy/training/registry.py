@@ -26,6 +26,7 @@ class ModelSpec:
     accepts_weights: bool = False  # takes --weights (pretrained backbones)
     takes_weight_decay: bool = True  # the builder takes the recipe's L2 ``weight_decay``
     quick_recipe: Recipe | None = None  # the --quick preset, where the family has one
+    quick_time_budget: float | None = None  # seconds: --quick trains this long, on any machine
     # (model, "head" | "finetune", fraction) -> None, for families with a pretrained backbone
     set_trainable: Callable[[object, str, float], None] | None = None
 
@@ -81,6 +82,18 @@ def resolve_recipe(name: str, quick: bool = False, **overrides) -> Recipe:
             f"--quick is a preset for {', '.join(with_quick)}; received model {name!r}"
         )
     return (spec.quick_recipe if quick else spec.recipe).with_overrides(**overrides)
+
+
+def resolve_time_budget(
+    name: str, quick: bool = False, epochs: int | None = None, time_budget: float | None = None
+) -> float | None:
+    """Seconds of training wall time, or None to train the recipe's epochs: an explicit budget
+    wins; ``--quick`` is its model's budget unless ``--epochs`` asks for a fixed count."""
+    if time_budget is not None:
+        return time_budget
+    if quick and epochs is None:
+        return get_model_spec(name).quick_time_budget
+    return None
 
 
 def recipe_summary(recipe: Recipe) -> str:

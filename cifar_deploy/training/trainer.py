@@ -15,13 +15,14 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .. import _tf
+from .. import _tf, reference
 from ..contract import library_versions
 from ..data import CifarData, load_cifar10, subsample, train_val_split
 from ..errors import InvalidOptionError, TrainingInterrupted
@@ -30,10 +31,9 @@ from .budget import TimeBudget
 from .recipes import Phase, Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
 from .registry import ModelSpec, get_model_spec
 
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multi-worker")
 MAX_BUDGET_EPOCHS = 100_000  # with a time budget, time ends training; this only bounds fit()
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")  # Keras logs kept per epoch
-EVAL_BATCH = 256  # images per step when evaluating the best checkpoint on the test split
 
 
 @dataclass
@@ -45,11 +45,15 @@ class TrainConfig:
     runs_dir: Path = Path("runs")
     max_train_samples: int | None = None
     weights: str | None = None  # MobileNetV2 only: 'imagenet', 'none' or a file
-    strategy: str = "none"  # "none" or "mirrored"
+    strategy: str = "none"  # "none", "mirrored" or "multi-worker" (TF_CONFIG)
     model_kwargs: dict = field(default_factory=dict)  # extra builder arguments (tests, ablations)
     time_budget: float | None = None  # seconds of wall time for the whole run; None: epochs
     verbose: int | str = "auto"  # Keras fit verbosity: 0 silent, 1 bar, 2 line per epoch
     callbacks: list = field(default_factory=list)  # extra Keras callbacks (progress, tests)
+    # With a time budget: (description or None, elapsed s, budget s), every epoch (described)
+    # and about once a second (not); Keras' own epoch bar is off then ("Epoch 3/100000" says
+    # nothing when time ends the run).
+    on_progress: Callable[[str | None, float, float], None] | None = None
 
 
 @dataclass
@@ -87,7 +91,8 @@ def resolve_precision(mode: str) -> str:
 
 
 def make_strategy(name: str):
-    """``mirrored``: all GPUs, or all logical CPU devices when there is no GPU."""
+    """``mirrored``: all GPUs, or all logical CPU devices when there is no GPU.
+    (``multi-worker`` runs its own loop: see ``distributed.py``.)"""
     tf = _tf.tf()
     if name not in STRATEGIES:
         raise InvalidOptionError(
@@ -95,6 +100,8 @@ def make_strategy(name: str):
         )
     if name == "none":
         return tf.distribute.get_strategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices=devices)
@@ -152,15 +159,15 @@ class RunRecorder:
         """A Keras callback that records each epoch of ``phase_name``."""
         keras = _tf.keras()
         return keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs: self._begin_epoch(),
-            on_train_batch_end=lambda batch, logs: self._count_step(),
+            on_epoch_begin=lambda epoch, logs: self.begin_epoch(),
+            on_train_batch_end=lambda batch, logs: self.count_step(),
             on_epoch_end=lambda epoch, logs: self.end_epoch(epoch + 1, phase_name, logs or {}),
         )
 
-    def _count_step(self) -> None:
+    def count_step(self) -> None:
         self.steps_run += 1
 
-    def _begin_epoch(self) -> None:
+    def begin_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
 
     def end_epoch(self, epoch: int, phase_name: str, logs: dict) -> None:
@@ -226,6 +233,29 @@ class RunRecorder:
         )
         _write_json_atomic(self.run_dir / "run.json", self.info)
         return self.info
+
+
+def _budget_progress(config: TrainConfig, recorder: RunRecorder):
+    """The Keras callback that reports a budgeted run's elapsed time against its budget."""
+    keras = _tf.keras()
+    report, budget = config.on_progress, config.time_budget
+    last = [0.0]
+
+    def tick(description: str | None = None) -> None:
+        now = time.perf_counter()
+        if description or now - last[0] >= 1.0:
+            last[0] = now
+            report(description, now - recorder.started, budget)
+
+    def epoch_line(epoch: int, logs: dict) -> str:
+        val = logs.get("val_accuracy")
+        shown = f", val accuracy {val:.1%}" if val is not None else ""
+        return f"epoch {epoch + 1}{shown}, {recorder.steps_run} steps"
+
+    return keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: tick(),
+        on_epoch_end=lambda epoch, logs: tick(epoch_line(epoch, logs or {})),
+    )
 
 
 def _now() -> str:
@@ -342,17 +372,21 @@ def _phase_budget(config: TrainConfig, recorder, phases: list[Phase], test_ratio
     )
 
 
+def _test_passes(data: CifarData, val_images: int) -> float:
+    """The final test evaluation in units of one validation pass: the test split twice (plain
+    and mirrored), plus one pass for loading the checkpoint back."""
+    return 2.0 * len(data.y_test) / max(val_images, 1) + 1.0
+
+
 def _evaluate_best(best_path: Path, data: CifarData) -> tuple[float, float]:
     """Test accuracy of the best checkpoint, loaded back as exports will load it, without and
-    with mirror test-time augmentation."""
+    with mirror test-time augmentation. The probabilities are kept beside the checkpoint, so
+    ``verify`` does not run the reference again."""
     keras = _tf.keras()
     best = keras.models.load_model(best_path, safe_mode=True)
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return best.predict(images.astype(np.float32), batch_size=EVAL_BATCH, verbose=0)
-
-    plain = predict(data.x_test)
-    flipped = (plain + predict(mirrored(data.x_test))) / 2.0
+    plain = reference.keras_probabilities(best, data.x_test)
+    flipped = (plain + reference.keras_probabilities(best, mirrored(data.x_test))) / 2.0
+    reference.save(best_path, data.x_test, data.y_test, {"none": plain, "flip": flipped})
     return tuple(float(np.mean(p.argmax(1) == data.y_test)) for p in (plain, flipped))
 
 
@@ -392,6 +426,10 @@ def _splits(config: TrainConfig, recipe: Recipe, data: CifarData):
 
 def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     """Train ``config.model`` with its recipe; returns paths and figures of the run."""
+    if config.strategy == "multi-worker":
+        from .distributed import train_multi_worker
+
+        return train_multi_worker(config)
     keras = _tf.keras()
     started = time.perf_counter()  # a time budget counts from here, data loading included
     spec = get_model_spec(config.model)
@@ -419,7 +457,11 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
         for i, phase in enumerate(phases):
             _set_trainable(spec, recorder.model, phase, recipe)
             callbacks = [recorder.callback(phase.name), *config.callbacks]
-            budget = _phase_budget(config, recorder, phases[i:], len(data.y_test) / sizes[1])
+            verbose = config.verbose
+            if config.time_budget is not None and config.on_progress is not None:
+                callbacks.append(_budget_progress(config, recorder))
+                verbose = 0
+            budget = _phase_budget(config, recorder, phases[i:], _test_passes(data, sizes[1]))
             with strategy.scope():
                 first = recorder.epochs_run
                 _fit_phase(
@@ -429,7 +471,7 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
                     datasets,
                     first,
                     callbacks,
-                    config.verbose,
+                    verbose,
                     budget,
                 )
     except KeyboardInterrupt:
