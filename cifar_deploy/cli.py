@@ -18,7 +18,13 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__, _tf, console
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CifarDeployError, InvalidOptionError
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    CifarDeployError,
+    InvalidModelError,
+    InvalidOptionError,
+)
 
 app = typer.Typer(
     name="cifar-deploy",
@@ -493,7 +499,13 @@ def inspect_cmd(
 @app.command("serve")
 @handles_errors
 def serve_cmd(
-    artifact: ArtifactArg,
+    artifact: Annotated[
+        Path,
+        typer.Argument(
+            help="An artifact (.tflite, .onnx, .keras, savedmodel/, triton/) or a directory of "
+            "exports (exports/cnn/, exports/)."
+        ),
+    ],
     host: Annotated[str, Opt(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port.")] = 8000,
     name: Annotated[
@@ -505,26 +517,51 @@ def serve_cmd(
     device: Annotated[Device, Opt(help="cpu or gpu.")] = Device.cpu,
     max_payload_mb: Annotated[float, Opt(help="Largest request body, MB.")] = 8.0,
 ):
-    """Serve an artifact over the Open Inference Protocol (KServe V2) with dynamic batching.
+    """Serve an artifact, or a directory of them, over the Open Inference Protocol (KServe V2)
+    with dynamic batching.
 
-    Endpoints: /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready,
-    /v2/models/NAME/infer, /v1/classify (PNG/JPEG upload) and /metrics. Ctrl-C or SIGTERM lets
+    ARTIFACT is one artifact (served as its model's name, or --name), or a directory: exports/cnn/
+    serves every artifact its sidecars name, exports/ every model's, each as its own model (named
+    after its file: cnn_int8.tflite, cnn_savedmodel) with its own batcher; one that cannot be
+    loaded is reported and skipped. Endpoints: /v2/health/live, /v2/health/ready, POST
+    /v2/repository/index, /v2/models/NAME[/versions/1][/ready|/config|/infer], /v1/classify
+    (PNG/JPEG upload; ?model=NAME when several are served) and /metrics. Ctrl-C or SIGTERM lets
     in-flight requests finish.
     """
     import uvicorn
 
     from .serving import load_predictor
-    from .serving.server import create_app
+    from .serving.artifacts import is_repository
+    from .serving.server import create_app, load_repository
 
-    predictor = load_predictor(artifact, device=device.value, threads=threads)
-    model_name = name or predictor.metadata.model_name
+    skipped: dict[str, str] = {}
+    if is_repository(artifact):
+        if name is not None:
+            raise InvalidOptionError(
+                "--name names one artifact; a directory's models are named after their files"
+            )
+        predictors, skipped = load_repository(artifact, device.value, threads)
+        for bad, why in skipped.items():
+            console.err.print(f"[yellow]skipped {bad}:[/] {why}", highlight=False)
+        if not predictors:
+            raise InvalidModelError(f"{artifact}: none of its {len(skipped)} artifacts loads")
+    else:
+        predictor = load_predictor(artifact, device=device.value, threads=threads)
+        predictors = {name or predictor.metadata.model_name: predictor}
     app_ = create_app(
-        predictor, model_name, max_batch_size, max_queue_delay_ms, int(max_payload_mb * 2**20)
+        predictors,
+        None,
+        max_batch_size,
+        max_queue_delay_ms,
+        int(max_payload_mb * 2**20),
+        skipped=skipped,
     )
-    console.err.print(
-        f"serving {artifact} as {model_name!r} ({predictor.provider}) on "
-        f"http://{host}:{port}/v2/models/{model_name}"
-    )
+    for model_name, predictor in predictors.items():
+        console.err.print(
+            f"serving {predictor.path} as {model_name!r} ({predictor.provider}) on "
+            f"http://{host}:{port}/v2/models/{model_name}",
+            highlight=False,
+        )
     uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

@@ -96,6 +96,24 @@ def test_batcher_merges_requests_and_returns_each_its_rows():
     assert max(seen) > 1 and max(seen) <= 8 and sum(seen) == sum(len(x) for x in inputs)
 
 
+def test_a_lone_request_is_dispatched_without_waiting_for_the_queue_delay():
+    seen = []
+
+    def predict(x):
+        seen.append(len(x))
+        return np.zeros((len(x), 10), np.float32)
+
+    async def main():
+        batcher = DynamicBatcher(predict, max_batch_size=8, max_queue_delay_ms=60_000)
+        batcher.start()
+        # A minute of queue delay would time this out; an idle server answers at once.
+        out = await asyncio.wait_for(batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)), 10)
+        await batcher.stop()
+        return out
+
+    assert asyncio.run(main()).shape == (1, 10) and seen == [1]
+
+
 def test_batcher_stop_finishes_queued_requests():
     async def main():
         batcher = DynamicBatcher(lambda x: np.zeros((len(x), 10), np.float32), 4, 1)

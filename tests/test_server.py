@@ -80,6 +80,17 @@ def test_health_and_model_metadata(client):
     assert meta["parameters"]["class_names"][0] == "airplane"
 
 
+def test_triton_model_configuration_describes_the_model_and_its_batching(client):
+    config = client.get_model_config("cnn")  # perf_analyzer's first request
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [
+        {"name": "images", "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [32, 32, 3]}
+    ]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 5000}
+    assert client.get_model_config("cnn", model_version="1") == config
+
+
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("datatype", ["FP32", "UINT8"])
 def test_infer_equals_the_in_process_predictor(client, predictor, binary, datatype):
@@ -257,13 +268,17 @@ def test_concurrent_clients_get_their_own_rows_and_batches_merge(server, predict
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got, want, atol=1e-6)
     text = requests.get(f"http://{server}/metrics", timeout=10).text
-    calls = _metric(text, "cifar_batch_size_count")
-    rows = _metric(text, "cifar_batch_size_sum")
-    singles = _metric(text, "cifar_batch_size_bucket", 'le="1.0"')
+    calls = _metric(text, "cifar_batch_size_count", 'model="cnn"')
+    rows = _metric(text, "cifar_batch_size_sum", 'model="cnn"')
+    singles = _metric(text, "cifar_batch_size_bucket", 'model="cnn",le="1.0"')
     assert rows >= sum(len(b) for b in batches)
     assert calls < 200 and singles < calls  # requests were merged: batches larger than one
     assert (
-        _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="200"')
+        _metric(
+            text,
+            "cifar_requests_total",
+            'endpoint="/v2/models/\\{name\\}/infer",model="cnn",status="200"',
+        )
         >= 200
     )
 
@@ -272,7 +287,11 @@ def test_metrics_count_errors_by_status(server):
     _post_infer(server, "{")
     text = requests.get(f"http://{server}/metrics", timeout=10).text
     assert (
-        _metric(text, "cifar_requests_total", 'endpoint="/v2/models/\\{name\\}/infer",status="400"')
+        _metric(
+            text,
+            "cifar_requests_total",
+            'endpoint="/v2/models/\\{name\\}/infer",model="cnn",status="400"',
+        )
         >= 1
     )
     assert "cifar_request_latency_seconds_bucket" in text and "cifar_queue_depth" in text

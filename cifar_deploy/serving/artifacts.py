@@ -6,7 +6,9 @@
 - :func:`load_metadata`: an artifact's sidecar, hash-checked; a :class:`Metadata` built from the
   file itself for a ``.keras`` model or an artifact without a sidecar, so callers never branch
   on a missing record;
-- :func:`resolve_reference`: the Keras model the artifacts were exported from.
+- :func:`resolve_reference`: the Keras model the artifacts were exported from;
+- :func:`repository_artifacts` and :func:`served_name`: what ``serve DIR`` serves, under which
+  names.
 """
 
 from __future__ import annotations
@@ -91,3 +93,29 @@ def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) ->
     if reference.suffix != ".keras":
         raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
     return reference
+
+
+def is_repository(path: Path) -> bool:
+    """A directory of exports (``exports/<model>/``) or of export directories (``exports/``),
+    as opposed to one artifact (a file, or a ``savedmodel/``/``triton/`` with its sidecar)."""
+    path = Path(path)
+    return path.is_dir() and not sidecar_path(path).exists()
+
+
+def repository_artifacts(path: Path) -> list[Path]:
+    """Every artifact a sidecar names in ``path`` and in its subdirectories one level down."""
+    path = Path(path)
+    dirs = [path, *sorted(d for d in path.iterdir() if d.is_dir())]
+    found = [artifact_of(s) for d in dirs for s in sorted(d.glob("*.json"))]
+    if not found:
+        raise InvalidModelError(
+            f"{path}: no exported artifacts (no *.json sidecars here or in its subdirectories)"
+        )
+    return found
+
+
+def served_name(artifact: Path, metadata: Metadata) -> str:
+    """A repository's name for an artifact: its file name, prefixed with the model's name
+    when the file name does not start with it (``cnn_int8.tflite``, ``cnn_savedmodel``)."""
+    name = Path(artifact).name
+    return name if name.startswith(metadata.model_name) else f"{metadata.model_name}_{name}"

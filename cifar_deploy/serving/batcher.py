@@ -1,9 +1,12 @@
 """Dynamic batching: concurrent requests merged into one inference call.
 
-Requests queue up; a single batching task takes the first, then keeps collecting until the batch
-holds ``max_batch_size`` rows or ``max_queue_delay_ms`` has passed since the first arrived. The
-merged batch runs on one worker thread (off the event loop, one inference at a time), and each
-caller gets exactly its own rows back.
+Requests queue up; a single batching task takes the first and everything already waiting behind
+it (up to ``max_batch_size`` rows). A lone request is dispatched at once: no delay when the server
+is idle. Under load (others were already waiting), it keeps collecting until the batch is full or
+``max_queue_delay_ms`` has passed since the first arrived. Requests that arrive while a batch runs
+wait for the next one, so batches grow with the load by themselves. The merged batch runs on one
+worker thread (off the event loop, one inference at a time), and each caller gets exactly its own
+rows back.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class DynamicBatcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], len(first.images)
-        deadline = asyncio.get_running_loop().time() + self.max_delay
+        under_load = not self._queue.empty()  # alone: dispatch now; with company: wait a little
+        deadline = asyncio.get_running_loop().time() + (self.max_delay if under_load else 0.0)
         while rows < self.max_batch_size:
             timeout = deadline - asyncio.get_running_loop().time()
             try:

@@ -56,6 +56,31 @@ def model_metadata(name: str, predictor: Predictor) -> dict:
     }
 
 
+def model_config(name: str, predictor: Predictor, max_batch_size: int, delay_ms: float) -> dict:
+    """``GET /v2/models/{name}/config``: the model's configuration as Triton's model
+    configuration extension returns it (``ModelConfig`` in JSON), which ``perf_analyzer`` and
+    other Triton tooling read before they send anything. Dimensions exclude the batch."""
+    return {
+        "name": name,
+        "platform": "",
+        "backend": f"cifar-deploy/{predictor.kind}",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": max_batch_size,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": f"TYPE_{input_datatype(predictor)}",
+                "format": "FORMAT_NHWC",
+                "dims": list(INPUT_SHAPE),
+            }
+        ],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [NUM_CLASSES]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(delay_ms * 1000)},
+        "instance_group": [{"name": name, "kind": "KIND_CPU", "count": 1}],
+        "parameters": {},
+    }
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, np.ndarray]:
     """(request JSON, images array) from a V2 infer body, JSON or binary-extension."""
     if header_length is not None:

@@ -2,7 +2,8 @@
 FastAPI + uvicorn.
 
 REST endpoints: ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}``,
-``/v2/models/{name}/ready``, ``/v2/models/{name}/infer`` (JSON tensors and the binary tensor data
+``/v2/models/{name}/ready``, ``/v2/models/{name}/config`` (Triton's model configuration, for
+perf_analyzer), ``/v2/models/{name}/infer`` (JSON tensors and the binary tensor data
 extension, as Triton speaks them), ``/v1/classify`` (an uploaded PNG/JPEG -> top-k labels) and
 ``/metrics`` (Prometheus text). The protocol itself lives in :mod:`.protocol`, image decoding in
 :mod:`.images`; this module is the application around them. Every bad request gets a 4xx JSON
@@ -15,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request  # module level: route annotations resolve from here
 
@@ -24,8 +28,10 @@ from .batcher import DynamicBatcher
 from .images import decode_image, top_k
 from .protocol import (
     HEADER_LENGTH,
+    MODEL_VERSION,
     check_outputs,
     encode_infer_response,
+    model_config,
     model_metadata,
     parse_infer_request,
 )
@@ -44,47 +50,69 @@ def _metrics():
     registry = CollectorRegistry()
     requests = Counter(
         "cifar_requests",
-        "Requests by endpoint and status",
-        ["endpoint", "status"],
+        "Requests by endpoint, model and status",
+        ["endpoint", "model", "status"],
         registry=registry,
     )
     latency = Histogram(
         "cifar_request_latency_seconds",
         "Request latency",
-        ["endpoint"],
+        ["endpoint", "model"],
         registry=registry,
         buckets=LATENCY_BUCKETS,
     )
     batch = Histogram(
-        "cifar_batch_size", "Rows per inference call", registry=registry, buckets=BATCH_BUCKETS
+        "cifar_batch_size",
+        "Rows per inference call",
+        ["model"],
+        registry=registry,
+        buckets=BATCH_BUCKETS,
     )
-    queue = Gauge("cifar_queue_depth", "Requests waiting for a batch", registry=registry)
+    queue = Gauge("cifar_queue_depth", "Requests waiting for a batch", ["model"], registry=registry)
     return registry, {"requests": requests, "latency": latency, "batch": batch, "queue": queue}
 
 
-def _endpoint(path: str) -> str:
-    """Metric label for a path: model names folded into ``{name}``."""
+def _endpoint(path: str) -> tuple[str, str]:
+    """(metric label for a path, the model name in it or ""): names folded into ``{name}``."""
     if not path.startswith("/v2/models/"):
-        return path
-    for suffix in ("/infer", "/ready"):
+        return path, ""
+    name = path.split("/")[3]
+    for suffix in ("/infer", "/ready", "/config"):
         if path.endswith(suffix):
-            return "/v2/models/{name}" + suffix
-    return "/v2/models/{name}"
+            return "/v2/models/{name}" + suffix, name
+    return "/v2/models/{name}", name
+
+
+def _infer_target(scope) -> str | None:
+    """The model name of ``POST /v2/models/{name}[/versions/{v}]/infer``, else None."""
+    if scope["method"] != "POST":
+        return None
+    parts = scope["path"].split("/")  # "", "v2", "models", name, ["versions", v,] "infer"
+    if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[4] == "infer":
+        return parts[3]
+    if len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions":
+        return parts[3] if parts[6] == "infer" else None
+    return None
+
+
+async def _send_bytes(send, status: int, body: bytes, content_type: str, headers=None) -> None:
+    raw = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class Observe:
     """Pure ASGI middleware (Starlette's ``@app.middleware("http")`` costs a task and a stream
-    copy per request): the payload limit from Content-Length, a JSON 500 instead of a bare error
-    page, and request, latency and queue metrics."""
+    copy per request): the payload limit from Content-Length, inference requests handed to the
+    repository's raw handler (the hot path, before the framework's routing), a JSON 500 instead
+    of a bare error page, and request, latency and queue metrics per model."""
 
-    def __init__(self, app, metrics: dict, batcher: DynamicBatcher, max_payload_bytes: int):
-        self.app, self.m, self.batcher, self.limit = app, metrics, batcher, max_payload_bytes
+    def __init__(self, app, metrics: dict, repository: Repository, max_payload_bytes: int):
+        self.app, self.m, self.repository, self.limit = app, metrics, repository, max_payload_bytes
 
     async def _json(self, send, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_bytes(send, status, _error_body(message), "application/json")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -104,6 +132,8 @@ class Observe:
                     f"payload of {int(length):,} bytes exceeds the limit of {self.limit:,} bytes"
                 )
                 await self._json(tracking_send, 413, message)
+            elif (name := _infer_target(scope)) is not None:
+                await self.repository.infer_asgi(name, scope, receive, tracking_send)
             else:
                 await self.app(scope, receive, tracking_send)
         except Exception as exc:  # never a bare 500 page: a JSON error, logged, and keep serving
@@ -111,10 +141,33 @@ class Observe:
             if not state["started"]:
                 await self._json(tracking_send, 500, f"internal error: {type(exc).__name__}")
         finally:
-            endpoint = _endpoint(scope["path"])
-            self.m["requests"].labels(endpoint, str(state["status"])).inc()
-            self.m["latency"].labels(endpoint).observe(time.perf_counter() - started)
-            self.m["queue"].set(self.batcher.queue_depth)
+            endpoint, name = _endpoint(scope["path"])
+            model = name if name in self.repository.models else ""  # labels stay bounded
+            self.m["requests"].labels(endpoint, model, str(state["status"])).inc()
+            self.m["latency"].labels(endpoint, model).observe(time.perf_counter() - started)
+            if model:
+                depth = self.repository.models[model].batcher.queue_depth
+                self.m["queue"].labels(model).set(depth)
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    """The whole request body from ASGI ``receive``, refused (413) past ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("the client disconnected before sending the whole body", 400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"payload exceeds the limit of {limit:,} bytes", 413)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _error(status: int, message: str):
@@ -123,87 +176,143 @@ def _error(status: int, message: str):
     return JSONResponse({"error": message}, status_code=status)
 
 
-class ModelService:
-    """The handlers for one model: health, metadata, inference, classification and metrics,
-    sharing one predictor, one dynamic batcher and one metrics registry."""
+@dataclass
+class ServedModel:
+    """One model of the repository: its predictor and its own dynamic batcher."""
 
-    def __init__(self, predictor: Predictor, name: str, batcher: DynamicBatcher, metrics, limit):
-        self.predictor, self.name, self.batcher, self.limit = predictor, name, batcher, limit
+    name: str
+    predictor: Predictor
+    batcher: DynamicBatcher
+    version: str = MODEL_VERSION
+
+
+class Repository:
+    """The handlers for every served model: health, the repository index, per-model metadata,
+    configuration, readiness and inference, classification and metrics. Artifacts that could
+    not be loaded are listed in the index as unavailable, with the reason."""
+
+    def __init__(self, models: dict[str, ServedModel], metrics, limit, skipped=None):
+        self.models, self.limit = models, limit
         self.registry, self.m = metrics
+        self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
 
-    def _unknown(self, model_name: str):
-        """A 404 response for another model's name, else None."""
-        if model_name != self.name:
-            return _error(404, f"unknown model {model_name!r}; this server serves {self.name!r}")
-        return None
+    def _model(self, model_name: str, version: str | None = None) -> ServedModel:
+        model = self.models.get(model_name)
+        if model is None:
+            served = ", ".join(repr(n) for n in self.models)
+            raise RequestError(f"unknown model {model_name!r}; this server serves {served}", 404)
+        if version is not None and version != model.version:
+            raise RequestError(
+                f"model {model_name!r} has version {model.version!r}, not {version!r}", 404
+            )
+        return model
 
     async def _body(self, request: Request) -> bytes:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.limit:
-                raise RequestError(f"payload exceeds the limit of {self.limit:,} bytes", 413)
-        return bytes(body)
+        return await _read_body(request.receive, self.limit)
 
     async def live(self):
         return {"live": True}
 
     async def ready(self):
-        return {"ready": True}
+        return {"ready": bool(self.models)}
 
     async def server_metadata(self):
-        return {"name": "cifar-deploy", "version": "1", "extensions": ["binary_tensor_data"]}
+        extensions = ["binary_tensor_data", "model_repository", "model_configuration"]
+        return {"name": "cifar-deploy", "version": "1", "extensions": extensions}
+
+    async def index(self):
+        """``POST /v2/repository/index`` (Triton's model repository extension)."""
+        ready = [
+            {"name": n, "version": m.version, "state": "READY"} for n, m in self.models.items()
+        ]
+        skipped = [
+            {"name": n, "version": "", "state": "UNAVAILABLE", "reason": why}
+            for n, why in self.skipped.items()
+        ]
+        return ready + skipped
 
     async def metadata(self, model_name: str, version: str | None = None):
-        return self._unknown(model_name) or model_metadata(self.name, self.predictor)
-
-    async def model_ready(self, model_name: str):
-        return self._unknown(model_name) or {"name": self.name, "ready": True}
-
-    async def infer(self, model_name: str, request: Request, version: str | None = None):
-        from fastapi.responses import Response
-
-        if (missing := self._unknown(model_name)) is not None:
-            return missing
         try:
-            body = await self._body(request)
-            req, images = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-            check_outputs(req)
+            model = self._model(model_name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        probs = await self.batcher.submit(images)
-        encoded = encode_infer_response(req, self.name, probs)
-        return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
+        return model_metadata(model.name, model.predictor)
 
-    async def classify(self, request: Request, top: int = 3):
+    async def config(self, model_name: str, version: str | None = None):
+        """Triton's model configuration, which perf_analyzer asks for before any request."""
+        try:
+            model = self._model(model_name, version)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        b = model.batcher
+        return model_config(model.name, model.predictor, b.max_batch_size, b.max_delay * 1000)
+
+    async def model_ready(self, model_name: str, version: str | None = None):
+        try:
+            model = self._model(model_name, version)
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+        return {"name": model.name, "ready": True}
+
+    async def infer_asgi(self, model_name: str, scope, receive, send) -> None:
+        """``POST .../infer`` as a raw ASGI handler: the hot path, without the framework's
+        routing, request and response objects; the same checks and errors as every route."""
+        try:
+            parts = scope["path"].split("/")
+            model = self._model(model_name, parts[5] if len(parts) == 7 else None)
+            body = await _read_body(receive, self.limit)
+            length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
+            req, images = parse_infer_request(body, None if length is None else length.decode())
+            check_outputs(req)
+        except RequestError as exc:
+            return await _send_bytes(send, exc.status, _error_body(exc.message), "application/json")
+        probs = await model.batcher.submit(images)
+        encoded = encode_infer_response(req, model.name, probs)
+        await _send_bytes(send, 200, encoded.body, encoded.media_type, encoded.headers)
+
+    async def classify(self, request: Request, top: int = 3, model: str | None = None):
         try:
             if not 1 <= top <= 10:
                 raise RequestError(f"top must be 1..10, received {top}")
+            if model is None and len(self.models) > 1:
+                names = ", ".join(self.models)
+                raise RequestError(
+                    f"this server serves several models; pass ?model= one of {names}"
+                )
+            served = self._model(model) if model is not None else next(iter(self.models.values()))
             image = decode_image(await _upload_bytes(request, await self._body(request)))
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        probs = (await self.batcher.submit(image[None]))[0]
-        predictions = top_k(probs, top, self.predictor.class_names)
-        return {"model_name": self.name, "predictions": predictions}
+        probs = (await served.batcher.submit(image[None]))[0]
+        predictions = top_k(probs, top, served.predictor.class_names)
+        return {"model_name": served.name, "predictions": predictions}
 
     async def metrics(self):
         from fastapi.responses import Response
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        self.m["queue"].set(self.batcher.queue_depth)
+        for name, model in self.models.items():
+            self.m["queue"].labels(name).set(model.batcher.queue_depth)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     def routes(self) -> list[tuple[str, object, str]]:
-        """(path, handler, method) for every endpoint."""
+        """(path, handler, method) for every endpoint but inference, which ``Observe`` hands
+        to ``infer_asgi`` before the framework sees it."""
+        per_model = [
+            ("", self.metadata),
+            ("/config", self.config),
+            ("/ready", self.model_ready),
+        ]
         return [
             ("/v2/health/live", self.live, "GET"),
             ("/v2/health/ready", self.ready, "GET"),
             ("/v2", self.server_metadata, "GET"),
-            ("/v2/models/{model_name}", self.metadata, "GET"),
-            ("/v2/models/{model_name}/versions/{version}", self.metadata, "GET"),
-            ("/v2/models/{model_name}/ready", self.model_ready, "GET"),
-            ("/v2/models/{model_name}/infer", self.infer, "POST"),
-            ("/v2/models/{model_name}/versions/{version}/infer", self.infer, "POST"),
+            ("/v2/repository/index", self.index, "POST"),
+            *[(f"/v2/models/{{model_name}}{tail}", h, "GET") for tail, h in per_model],
+            *[
+                (f"/v2/models/{{model_name}}/versions/{{version}}{tail}", h, "GET")
+                for tail, h in per_model
+            ],
             ("/v1/classify", self.classify, "POST"),
             ("/metrics", self.metrics, "GET"),
         ]
@@ -228,32 +337,83 @@ def _add_error_handlers(app) -> None:
 
 
 def create_app(
-    predictor: Predictor,
-    name: str,
+    predictors: Predictor | Mapping[str, Predictor],
+    name: str | None = None,
     max_batch_size: int = 64,
     max_queue_delay_ms: float = 2.0,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    skipped: Mapping[str, str] | None = None,
 ):
-    """The FastAPI application serving ``predictor`` as model ``name``."""
+    """The FastAPI application serving one predictor as model ``name``, or a repository of
+    them (``{name: predictor}``), each with its own dynamic batcher; ``skipped`` lists the
+    artifacts that could not be loaded (name -> reason) for the repository index."""
+    if not isinstance(predictors, Mapping):
+        predictors = {name or predictors.metadata.model_name: predictors}
     registry, m = _metrics()
-    batcher = DynamicBatcher(
-        predictor.predict, max_batch_size, max_queue_delay_ms, on_batch=m["batch"].observe
-    )
-    service = ModelService(predictor, name, batcher, (registry, m), max_payload_bytes)
+    models = {
+        n: ServedModel(
+            n,
+            p,
+            DynamicBatcher(
+                p.predict,
+                max_batch_size,
+                max_queue_delay_ms,
+                on_batch=m["batch"].labels(n).observe,
+            ),
+        )
+        for n, p in predictors.items()
+    }
+    repository = Repository(models, (registry, m), max_payload_bytes, skipped)
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        for model in models.values():
+            model.batcher.start()
         yield
-        await batcher.stop()  # in-flight requests finish before shutdown completes
+        for model in models.values():  # in-flight requests finish before shutdown completes
+            await model.batcher.stop()
 
     app = FastAPI(title="cifar-deploy", lifespan=lifespan)
-    app.state.batcher = batcher
-    app.add_middleware(Observe, metrics=m, batcher=batcher, max_payload_bytes=max_payload_bytes)
-    for path, handler, method in service.routes():
+    app.state.repository = repository
+    app.add_middleware(
+        Observe, metrics=m, repository=repository, max_payload_bytes=max_payload_bytes
+    )
+    for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
     return app
+
+
+def load_repository(
+    path: Path, device: str = "cpu", threads: int | None = None
+) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """({name: predictor}, {name: why it is skipped}) for every artifact under ``path`` (see
+    :func:`repository_artifacts`). Each is loaded and runs one image before it counts as
+    served; one that fails is reported and skipped, and the others serve."""
+    import numpy as np
+
+    from ..contract import batch_shape
+    from ..errors import one_line
+    from .artifacts import load_metadata, repository_artifacts, served_name
+    from .runtimes import load_predictor
+
+    served: dict[str, Predictor] = {}
+    skipped: dict[str, str] = {}
+    for artifact in repository_artifacts(path):
+        name = artifact.name
+        try:
+            metadata = load_metadata(artifact)
+            name = served_name(artifact, metadata)
+            predictor = load_predictor(artifact, device, threads, metadata)
+            predictor.predict(np.zeros(batch_shape(1), np.uint8))
+        except Exception as exc:  # a bad artifact is reported and skipped, not fatal
+            skipped[name] = one_line(exc)
+            continue
+        if name in served:
+            skipped[f"{name} ({artifact})"] = f"another artifact is already served as {name!r}"
+            continue
+        served[name] = predictor
+    return served, skipped
 
 
 async def _upload_bytes(request, body: bytes) -> bytes:
