@@ -1,0 +1,336 @@
+"""`cifar-deploy serve` side by side with real Triton and KServe, driven by Triton's perf_analyzer.
+
+Same model in every server (a TFLite artifact under LiteRT with the same thread count), the same
+dynamic-batching settings where the server has them (Triton: python backend with
+``max_queue_delay_microseconds``; KServe has none), single-image requests with binary tensors,
+closed loop at each concurrency, rounds alternating the servers' order. perf_analyzer's own
+requests/s and p50/p99 latencies are quoted. The peers come from ``bash ../shared/peers/setup.sh``
+(default ``/tmp/peers-env``); everything stays on 127.0.0.1 and every server started is stopped.
+
+    python benchmarks/serve_peers.py exports/cnn/cnn_int8.tflite [--peers /tmp/peers-env]
+        [--concurrency 1,8,32] [--rounds 2] [--measure-ms 5000] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "cnn"
+
+# A Triton python-backend model wrapping the same TFLite file with LiteRT. The stub ignores
+# PYTHONPATH, so the peers venv's site-packages goes on sys.path first.
+TRITON_MODEL_PY = """\
+import sys
+sys.path.insert(0, {site!r})
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from ai_edge_litert.interpreter import Interpreter
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.it = Interpreter(model_path={tflite!r}, num_threads={threads})
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+        self.batch = None
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
+        merged = np.concatenate(arrays)
+        if self.batch != len(merged):
+            self.it.resize_tensor_input(self.inp["index"], [len(merged), 32, 32, 3])
+            self.it.allocate_tensors()
+            self.batch = len(merged)
+        self.it.set_tensor(self.inp["index"], merged.astype(self.inp["dtype"], copy=False))
+        self.it.invoke()
+        probs = self.it.get_tensor(self.out["index"]).astype(np.float32)
+        responses, start = [], 0
+        for a in arrays:
+            part = probs[start : start + len(a)]
+            start += len(a)
+            tensor = pb_utils.Tensor("probabilities", part)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses
+"""
+
+TRITON_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: {max_batch}
+input [ {{ name: "images" data_type: TYPE_{dtype} dims: [ 32, 32, 3 ] }} ]
+output [ {{ name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+# A KServe ModelServer with the same LiteRT model (KServe has no dynamic batching).
+KSERVE_SERVER = """\
+import argparse
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+
+
+class Cnn(Model):
+    def __init__(self):
+        super().__init__({name!r})
+        self.it = Interpreter(model_path={tflite!r}, num_threads={threads})
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+        self.batch = None
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None, response_headers=None):
+        x = payload.inputs[0].as_numpy()
+        if self.batch != len(x):
+            self.it.resize_tensor_input(self.inp["index"], [len(x), 32, 32, 3])
+            self.it.allocate_tensors()
+            self.batch = len(x)
+        self.it.set_tensor(self.inp["index"], x.astype(self.inp["dtype"], copy=False))
+        self.it.invoke()
+        probs = self.it.get_tensor(self.out["index"]).astype(np.float32)
+        out = InferOutput(name="probabilities", shape=list(probs.shape), datatype="FP32")
+        out.set_data_from_numpy(probs, binary_data=True)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id)
+
+
+ModelServer(http_port={port}, grpc_port={grpc_port}, workers=1).start([Cnn()])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{what} not ready on port {port} after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def input_dtype(artifact: Path) -> str:
+    sidecar = json.loads(Path(f"{artifact}.json").read_text())
+    return {"uint8": "UINT8", "int8": "INT8", "float32": "FP32"}[sidecar["input"]["dtype"]]
+
+
+def start_ours(args, work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [
+        str(REPO / ".venv/bin/cifar-deploy"),
+        "serve",
+        str(args.artifact),
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--max-batch-size",
+        str(args.max_batch),
+        "--max-queue-delay-ms",
+        str(args.delay_ms),
+        "--name",
+        MODEL,
+    ]
+    log = open(work / "ours.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port
+
+
+def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, int]:
+    repo = work / "triton_repo" / MODEL
+    (repo / "1").mkdir(parents=True, exist_ok=True)
+    tflite = str(Path(args.artifact).resolve())
+    (repo / "1" / "model.py").write_text(
+        TRITON_MODEL_PY.format(site=site, tflite=tflite, threads=args.threads)
+    )
+    (repo / "config.pbtxt").write_text(
+        TRITON_CONFIG.format(
+            name=MODEL,
+            max_batch=args.max_batch,
+            dtype=input_dtype(args.artifact),
+            delay_us=int(args.delay_ms * 1000),
+        )
+    )
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    cmd = [
+        str(args.peers / "tritonserver"),
+        f"--model-repository={repo.parent}",
+        f"--http-port={port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        "--log-error=false",
+    ]
+    log = open(work / "triton.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port
+
+
+def start_kserve(args, work: Path) -> tuple[subprocess.Popen, int]:
+    port, grpc_port = free_port(), free_port()
+    script = work / "kserve_server.py"
+    tflite = str(Path(args.artifact).resolve())
+    script.write_text(
+        KSERVE_SERVER.format(
+            name=MODEL, tflite=tflite, threads=args.threads, port=port, grpc_port=grpc_port
+        )
+    )
+    log = open(work / "kserve.log", "w")
+    python = str(args.peers / "venv/bin/python")
+    return subprocess.Popen([python, str(script)], stdout=log, stderr=subprocess.STDOUT), port
+
+
+def perf_analyzer(args, port: int, concurrency: int, work: Path, tag: str) -> dict:
+    out = work / f"pa_{tag}_{concurrency}.csv"
+    cmd = [
+        str(args.peers / "pa/perf_analyzer"),
+        "-m",
+        MODEL,
+        "-u",
+        f"127.0.0.1:{port}",
+        "-i",
+        "http",
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--shape",
+        "images:32,32,3",
+        "--input-data",
+        "random",
+        "-p",
+        str(args.measure_ms),
+        "-s",
+        "100",
+        "-r",
+        "3",
+        "-f",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 or not out.exists():
+        return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-3:]}
+    row = next(csv.DictReader(out.open()))
+    return {
+        "throughput": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--peers", type=Path, default=Path("/tmp/peers-env"))
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--measure-ms", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--delay-ms", type=float, default=2.0)
+    parser.add_argument("--servers", default="cifar-deploy,triton,kserve")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    if not (args.peers / "pa/perf_analyzer").exists():
+        raise SystemExit(f"no perf_analyzer under {args.peers}: run bash ../shared/peers/setup.sh")
+    site = subprocess.run(
+        [
+            str(args.peers / "venv/bin/python"),
+            "-c",
+            "import site; print(site.getsitepackages()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    servers = args.servers.split(",")
+    starters = {
+        "cifar-deploy": lambda w: start_ours(args, w),
+        "triton": lambda w: start_triton(args, w, site),
+        "kserve": lambda w: start_kserve(args, w),
+    }
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for r in range(args.rounds):
+            order = servers if r % 2 == 0 else servers[::-1]
+            for server in order:
+                proc, port = starters[server](work)
+                try:
+                    wait_ready(port, proc, server)
+                    for c in levels:
+                        figures = perf_analyzer(args, port, c, work, server)
+                        results.append(
+                            {"round": r + 1, "server": server, "concurrency": c, **figures}
+                        )
+                        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+                finally:
+                    stop(proc)
+    print(
+        f"\n{cpu_name()}, {os.cpu_count()} cores; {args.artifact.name}, LiteRT {args.threads} "
+        f"threads; perf_analyzer over HTTP, single-image binary requests; "
+        f"{args.rounds} rounds (min-max)\n"
+    )
+    print("| concurrency | " + " | ".join(servers) + " |")
+    print("| ---: |" + " ---: |" * len(servers))
+    for c in levels:
+        cells = []
+        for server in servers:
+            rows = [x for x in results if x["server"] == server and x["concurrency"] == c]
+            ok = [x for x in rows if "throughput" in x]
+            if not ok:
+                cells.append("failed: " + " ".join(rows[0].get("error", ["?"])) if rows else "-")
+                continue
+            tp = [x["throughput"] for x in ok]
+            p50 = [x["p50_ms"] for x in ok]
+            p99 = [x["p99_ms"] for x in ok]
+            cells.append(
+                f"{min(tp):,.0f}-{max(tp):,.0f} req/s, p50 {min(p50):.1f}-{max(p50):.1f} ms, "
+                f"p99 {min(p99):.1f}-{max(p99):.1f} ms"
+            )
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
