@@ -352,7 +352,7 @@ def run_pipeline(
     """Run every stage in order; returns one result per stage."""
     from .training import get_model_spec
 
-    started = time.perf_counter()
+    pipeline_started = time.perf_counter()
     get_model_spec(cfg.model)  # an unknown model fails before any work
     targets = _export_targets(cfg)  # so does an unknown format
     if cfg.budget is not None:
@@ -363,7 +363,7 @@ def run_pipeline(
             cfg.bench_batch_sizes,
             cfg.bench_min_time,
             cfg.verify_samples,
-            started,
+            pipeline_started,
         )
     results: list[StageResult] = []
     blocked_by: str | None = None
@@ -395,7 +395,7 @@ def run_pipeline(
         results.append(result)
         if on_stage_end:
             on_stage_end(result)
-    _write_record(cfg, results, time.perf_counter() - started)
+    _write_record(cfg, results, time.perf_counter() - pipeline_started)
     return results
 
 

@@ -89,6 +89,7 @@ def test_a_budgeted_pipeline_records_its_plan_and_trains_within_its_share(
     record = json.loads((cfg.run_dir / "pipeline.json").read_text())
     run = json.loads((cfg.run_dir / "run.json").read_text())
     assert record["budget_seconds"] == 25.0 and record["plan"]["rate"] > 0
+    assert record["wall_seconds"] >= sum(r.seconds for r in results)
     assert 0 < run["time_budget_s"] <= 25.0 - record["plan"]["after_training"]
     assert "training budget" in results[0].detail
 
