@@ -516,6 +516,10 @@ def serve_cmd(
     threads: Threads = None,
     device: Annotated[Device, Opt(help="cpu or gpu.")] = Device.cpu,
     max_payload_mb: Annotated[float, Opt(help="Largest request body, MB.")] = 8.0,
+    grpc_port: Annotated[
+        Optional[int],
+        Opt(help="Also serve the Open Inference Protocol over gRPC on this port (off by default)."),
+    ] = None,
 ):
     """Serve an artifact, or a directory of them, over the Open Inference Protocol (KServe V2)
     with dynamic batching.
@@ -555,7 +559,11 @@ def serve_cmd(
         max_queue_delay_ms,
         int(max_payload_mb * 2**20),
         skipped=skipped,
+        grpc_port=grpc_port,
+        grpc_host=host,
     )
+    if grpc_port is not None:
+        console.err.print(f"gRPC (inference.GRPCInferenceService) on {host}:{grpc_port}")
     for model_name, predictor in predictors.items():
         console.err.print(
             f"serving {predictor.path} as {model_name!r} ({predictor.provider}) on "

@@ -106,10 +106,12 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
         raise RequestError(
             f"expected exactly one input named {INPUT_NAME!r}, received {len(inputs)}"
         )
-    return request, _tensor(inputs[0], binary)
+    return request, parse_tensor(inputs[0], binary)
 
 
-def _tensor(spec: dict, binary: bytes) -> np.ndarray:
+def parse_tensor(spec: dict, binary: bytes) -> np.ndarray:
+    """The images of one V2 input tensor (``spec``: its name, datatype, shape and ``data`` or
+    ``parameters.binary_data_size``; ``binary``: the bytes after the JSON), checked."""
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
     if name != INPUT_NAME:
         raise RequestError(f"unknown input {name!r}; expected {INPUT_NAME!r}")

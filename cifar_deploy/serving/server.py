@@ -196,7 +196,7 @@ class Repository:
         self.registry, self.m = metrics
         self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
 
-    def _model(self, model_name: str, version: str | None = None) -> ServedModel:
+    def model(self, model_name: str, version: str | None = None) -> ServedModel:
         model = self.models.get(model_name)
         if model is None:
             served = ", ".join(repr(n) for n in self.models)
@@ -231,17 +231,20 @@ class Repository:
         ]
         return ready + skipped
 
+    def model_metadata(self, model_name: str, version: str | None = None) -> dict:
+        model = self.model(model_name, version)
+        return model_metadata(model.name, model.predictor)
+
     async def metadata(self, model_name: str, version: str | None = None):
         try:
-            model = self._model(model_name, version)
+            return self.model_metadata(model_name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        return model_metadata(model.name, model.predictor)
 
     async def config(self, model_name: str, version: str | None = None):
         """Triton's model configuration, which perf_analyzer asks for before any request."""
         try:
-            model = self._model(model_name, version)
+            model = self.model(model_name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         b = model.batcher
@@ -249,7 +252,7 @@ class Repository:
 
     async def model_ready(self, model_name: str, version: str | None = None):
         try:
-            model = self._model(model_name, version)
+            model = self.model(model_name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         return {"name": model.name, "ready": True}
@@ -259,7 +262,7 @@ class Repository:
         routing, request and response objects; the same checks and errors as every route."""
         try:
             parts = scope["path"].split("/")
-            model = self._model(model_name, parts[5] if len(parts) == 7 else None)
+            model = self.model(model_name, parts[5] if len(parts) == 7 else None)
             body = await _read_body(receive, self.limit)
             length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
             req, images = parse_infer_request(body, None if length is None else length.decode())
@@ -279,7 +282,7 @@ class Repository:
                 raise RequestError(
                     f"this server serves several models; pass ?model= one of {names}"
                 )
-            served = self._model(model) if model is not None else next(iter(self.models.values()))
+            served = self.model(model) if model is not None else next(iter(self.models.values()))
             image = decode_image(await _upload_bytes(request, await self._body(request)))
         except RequestError as exc:
             return _error(exc.status, exc.message)
@@ -343,10 +346,14 @@ def create_app(
     max_queue_delay_ms: float = 2.0,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     skipped: Mapping[str, str] | None = None,
+    grpc_port: int | None = None,
+    grpc_host: str = "127.0.0.1",
 ):
     """The FastAPI application serving one predictor as model ``name``, or a repository of
     them (``{name: predictor}``), each with its own dynamic batcher; ``skipped`` lists the
-    artifacts that could not be loaded (name -> reason) for the repository index."""
+    artifacts that could not be loaded (name -> reason) for the repository index. With
+    ``grpc_port`` (0: any free port, then ``app.state.grpc_port``), the gRPC service starts
+    and stops with the application, on its event loop."""
     if not isinstance(predictors, Mapping):
         predictors = {name or predictors.metadata.model_name: predictors}
     registry, m = _metrics()
@@ -369,7 +376,15 @@ def create_app(
     async def lifespan(app):
         for model in models.values():
             model.batcher.start()
+        grpc_server = None
+        if grpc_port is not None:
+            from .grpc_server import start_grpc
+
+            grpc_server = await start_grpc(repository, grpc_host, grpc_port, max_payload_bytes)
+            app.state.grpc_port = grpc_server.bound_port
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=30)
         for model in models.values():  # in-flight requests finish before shutdown completes
             await model.batcher.stop()
 
