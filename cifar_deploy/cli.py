@@ -250,6 +250,7 @@ class Format(str, Enum):
     tflite = "tflite"
     onnx = "onnx"
     triton = "triton"
+    triton_python = "triton-python"
     all = "all"
 
 

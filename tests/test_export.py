@@ -59,10 +59,11 @@ def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
         return loaded.signatures["serving_default"](images=tf.constant(images, tf.float32))[
             "probabilities"
         ].numpy()
-    if fmt == "tflite":
+    if fmt in ("tflite", "triton-python"):  # triton-python: the TFLite its model.py runs
         from ai_edge_litert.interpreter import Interpreter
 
-        it = Interpreter(model_path=str(path), num_threads=2)
+        inner = path / meta.model_name / "1" / "model.tflite" if fmt == "triton-python" else path
+        it = Interpreter(model_path=str(inner), num_threads=2)
         inp = it.get_input_details()[0]
         it.resize_tensor_input(inp["index"], list(images.shape))
         it.allocate_tensors()

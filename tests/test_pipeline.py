@@ -171,7 +171,7 @@ def test_cli_pipeline_end_to_end_on_synthetic_data(tmp_path, cifar_dir):
     stages = json.loads(result.stdout)
     assert [s["status"] for s in stages] == ["done"] * 5
     report = json.loads((tmp_path / "runs" / "cnn" / "report.json").read_text())
-    assert len(report["artifacts"]) == 9
+    assert len(report["artifacts"]) == 10  # every format and quantization
     again = runner.invoke(app, args)
     assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 5
 

@@ -16,7 +16,13 @@ from tests.helpers import CALIBRATION, TOLERANCE
 
 TARGETS = [(f.name, q) for f in export_formats() for q in f.quantizations]
 IMAGES = np.random.default_rng(5).integers(0, 256, size=(9, 32, 32, 3), dtype=np.uint8)
-KIND = {"savedmodel": "savedmodel", "tflite": "tflite", "onnx": "onnx", "triton": "onnx"}
+KIND = {
+    "savedmodel": "savedmodel",
+    "tflite": "tflite",
+    "onnx": "onnx",
+    "triton": "onnx",
+    "triton-python": "triton-python",
+}
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
 
 def export_formats() -> list[ExportFormat]:
     """The format table (as Ultralytics' ``export_formats()``): drives CLI choices and checks."""
-    from . import savedmodel, tflite, onnx_format, triton  # noqa: F401,I001  (table order)
+    from . import savedmodel, tflite, onnx_format, triton, triton_python  # noqa: F401,I001
 
     return list(_FORMATS.values())
 

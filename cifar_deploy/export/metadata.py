@@ -98,11 +98,17 @@ class Metadata:
         )
 
 
+def _artifact_files(directory: Path) -> list[Path]:
+    """A directory artifact's files, sorted, without Python bytecode caches (a server that
+    imports a ``model.py`` writes ``__pycache__/`` beside it; that changes no artifact)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
 def sha256_of(path: Path) -> str:
     """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
     digest = hashlib.sha256()
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = _artifact_files(path) if path.is_dir() else [path]
     for f in files:
         if path.is_dir():
             digest.update(str(f.relative_to(path)).encode() + b"\0")
@@ -115,7 +121,7 @@ def sha256_of(path: Path) -> str:
 def size_of(path: Path) -> int:
     path = Path(path)
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in _artifact_files(path))
     return path.stat().st_size
 
 

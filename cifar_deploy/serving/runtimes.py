@@ -179,6 +179,25 @@ class TFLitePredictor(Predictor):
         return self._it.get_tensor(self._out)  # get_tensor returns a copy
 
 
+def repository_file(repo: Path, name: str) -> Path:
+    """``<repo>/<model>/<version>/<name>`` of a Triton repository (the highest version)."""
+    found = sorted(Path(repo).glob(f"*/[0-9]*/{name}"))
+    if not found:
+        raise InvalidModelError(f"{repo}: no <model>/<version>/{name} inside")
+    return found[-1]
+
+
+class TritonPythonPredictor(TFLitePredictor):
+    """A python-backend Triton repository: its ``model.tflite``, run as Triton's ``model.py``
+    runs it (LiteRT), so verify and bench check what Triton serves."""
+
+    kind = "triton-python"
+
+    def __init__(self, path, metadata, device="cpu", threads=None):
+        super().__init__(repository_file(path, "model.tflite"), metadata, device, threads)
+        self.path = Path(path)
+
+
 class OnnxPredictor(Predictor):
     kind = "onnx"
     takes_threads = True
@@ -189,10 +208,7 @@ class OnnxPredictor(Predictor):
 
         model_path = self.path
         if self.path.is_dir():  # a Triton repository: <repo>/<model>/1/model.onnx
-            found = sorted(self.path.glob("*/[0-9]*/model.onnx"))
-            if not found:
-                raise InvalidModelError(f"{self.path}: no <model>/<version>/model.onnx inside")
-            model_path = found[-1]
+            model_path = repository_file(self.path, "model.onnx")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -228,6 +244,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
     "tflite": TFLitePredictor,
     "onnx": OnnxPredictor,
     "triton": OnnxPredictor,
+    "triton-python": TritonPythonPredictor,
 }
 
 
