@@ -66,6 +66,18 @@ def test_verify_runs_the_whole_split_when_it_fits_its_share_and_a_sample_otherwi
     assert plan(10.0).verify_samples == pipeline.MIN_VERIFY_SAMPLES  # never fewer
 
 
+def test_verify_is_planned_again_when_it_starts_from_the_time_left():
+    p = plan(1000.0)  # whole split planned: 9 x 10,000 images at 1,000/s
+    on_time = p.started + 900.0 - p.after_training - 1.0  # training ended as planned
+    assert p.verify_samples_now(9, p.export, on_time) is None
+    late = on_time + 100.0  # training and export ran long: less time is left
+    fewer = p.verify_samples_now(9, p.export, late)
+    assert pipeline.MIN_VERIFY_SAMPLES <= fewer < pipeline.TEST_IMAGES
+    slower = p.verify_samples_now(9, 3 * p.export, late)  # export ran 3x its estimate
+    assert slower < fewer
+    assert p.verify_samples_now(9, p.export, p.started + 899.0) == pipeline.MIN_VERIFY_SAMPLES
+
+
 def test_a_budgeted_pipeline_records_its_plan_and_trains_within_its_share(
     tmp_path, cifar_dir, monkeypatch
 ):
@@ -92,6 +104,8 @@ def test_a_budgeted_pipeline_records_its_plan_and_trains_within_its_share(
     assert record["wall_seconds"] >= sum(r.seconds for r in results)
     assert 0 < run["time_budget_s"] <= 25.0 - record["plan"]["after_training"]
     assert "training budget" in results[0].detail
+    assert record["plan"]["spent"]["train"] == pytest.approx(results[0].seconds)
+    assert results[2].detail.endswith("test images")
 
 
 # ---------------------------------------------------------------------------------------------
