@@ -3,9 +3,11 @@
 Same model in every server (a TFLite artifact under LiteRT with the same thread count), the same
 dynamic-batching settings where the server has them (Triton: python backend with
 ``max_queue_delay_microseconds``; KServe has none), single-image requests with binary tensors,
-closed loop at each concurrency, rounds alternating the servers' order. perf_analyzer's own
-requests/s and p50/p99 latencies are quoted. The peers come from ``bash ../shared/peers/setup.sh``
-(default ``/tmp/peers-env``); everything stays on 127.0.0.1 and every server started is stopped.
+closed loop at each concurrency, rounds alternating the servers' order. Triton serves the
+repository ``export --format triton-python`` writes, holding the same TFLite file.
+perf_analyzer's own requests/s and p50/p99 latencies are quoted. The peers come from
+``bash ../shared/peers/setup.sh`` (default ``/tmp/peers-env``); everything stays on 127.0.0.1
+and every server started is stopped.
 
     python benchmarks/serve_peers.py exports/cnn/cnn_int8.tflite [--peers /tmp/peers-env]
         [--concurrency 1,8,32] [--rounds 2] [--measure-ms 5000] [--json-out FILE]
@@ -18,6 +20,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,54 +31,10 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "cnn"
-
-# A Triton python-backend model wrapping the same TFLite file with LiteRT. The stub ignores
-# PYTHONPATH, so the peers venv's site-packages goes on sys.path first.
-TRITON_MODEL_PY = """\
-import sys
-sys.path.insert(0, {site!r})
-import numpy as np
-import triton_python_backend_utils as pb_utils
-from ai_edge_litert.interpreter import Interpreter
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.it = Interpreter(model_path={tflite!r}, num_threads={threads})
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-        self.batch = None
-
-    def execute(self, requests):
-        arrays = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
-        merged = np.concatenate(arrays)
-        if self.batch != len(merged):
-            self.it.resize_tensor_input(self.inp["index"], [len(merged), 32, 32, 3])
-            self.it.allocate_tensors()
-            self.batch = len(merged)
-        self.it.set_tensor(self.inp["index"], merged.astype(self.inp["dtype"], copy=False))
-        self.it.invoke()
-        probs = self.it.get_tensor(self.out["index"]).astype(np.float32)
-        responses, start = [], 0
-        for a in arrays:
-            part = probs[start : start + len(a)]
-            start += len(a)
-            tensor = pb_utils.Tensor("probabilities", part)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
-        return responses
-"""
-
-TRITON_CONFIG = """\
-name: "{name}"
-backend: "python"
-max_batch_size: {max_batch}
-input [ {{ name: "images" data_type: TYPE_{dtype} dims: [ 32, 32, 3 ] }} ]
-output [ {{ name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] }} ]
-dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-"""
 
 # A KServe ModelServer with the same LiteRT model (KServe has no dynamic batching).
 KSERVE_SERVER = """\
@@ -143,8 +102,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def input_dtype(artifact: Path) -> str:
-    sidecar = json.loads(Path(f"{artifact}.json").read_text())
-    return {"uint8": "UINT8", "int8": "INT8", "float32": "FP32"}[sidecar["input"]["dtype"]]
+    """The artifact's input dtype from its sidecar: uint8, int8 or float32."""
+    return json.loads(Path(f"{artifact}.json").read_text())["input"]["dtype"]
 
 
 def start_ours(args, work: Path) -> tuple[subprocess.Popen, int]:
@@ -169,20 +128,22 @@ def start_ours(args, work: Path) -> tuple[subprocess.Popen, int]:
 
 
 def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, int]:
+    """Triton on the repository `export --format triton-python` writes, holding this very
+    TFLite file; its python stub gets the peers venv's numpy (< 2) and ai-edge-litert."""
+    from cifar_deploy.export.triton_python import config_pbtxt, model_py
+
     repo = work / "triton_repo" / MODEL
     (repo / "1").mkdir(parents=True, exist_ok=True)
-    tflite = str(Path(args.artifact).resolve())
-    (repo / "1" / "model.py").write_text(
-        TRITON_MODEL_PY.format(site=site, tflite=tflite, threads=args.threads)
+    shutil.copy2(args.artifact, repo / "1" / "model.tflite")
+    (repo / "1" / "model.py").write_text(model_py())
+    config = config_pbtxt(
+        MODEL,
+        input_dtype(args.artifact),
+        args.max_batch,
+        int(args.delay_ms * 1000),
+        threads=args.threads,
     )
-    (repo / "config.pbtxt").write_text(
-        TRITON_CONFIG.format(
-            name=MODEL,
-            max_batch=args.max_batch,
-            dtype=input_dtype(args.artifact),
-            delay_us=int(args.delay_ms * 1000),
-        )
-    )
+    (repo / "config.pbtxt").write_text(config)
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     cmd = [
         str(args.peers / "tritonserver"),
@@ -193,7 +154,9 @@ def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, int]:
         "--log-error=false",
     ]
     log = open(work / "triton.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port
+    env = {**os.environ, "CIFAR_DEPLOY_PYTHON_PATH": site}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, port
 
 
 def start_kserve(args, work: Path) -> tuple[subprocess.Popen, int]:

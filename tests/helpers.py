@@ -6,10 +6,13 @@ Imported by the test modules as ``tests.helpers``; the fixtures built from them 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,23 @@ def copy_artifacts(artifacts, directory: Path) -> Path:
             shutil.copy2(art.path, directory / art.path.name)
         shutil.copy2(sidecar_path(art.path), directory / sidecar_path(art.path).name)
     return directory
+
+
+@contextlib.contextmanager
+def serving(app):
+    """``app`` served by uvicorn in a thread on a free loopback port; yields "127.0.0.1:PORT"
+    once it has started, and stops it afterwards."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "server did not start"
+    try:
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -4,9 +4,6 @@ with gRPC status codes."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -14,6 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from cifar_deploy.serving import load_predictor
 from cifar_deploy.serving.server import create_app
+from tests.helpers import serving
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +21,11 @@ def predictor(tiny_onnx):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    import uvicorn
-
     app = create_app(predictor, "cnn", max_queue_delay_ms=5, grpc_port=0)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{app.state.grpc_port}")
-    yield client
-    client.close()
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving(app):
+        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{app.state.grpc_port}")
+        yield client
+        client.close()
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -114,6 +114,18 @@ def test_a_lone_request_is_dispatched_without_waiting_for_the_queue_delay():
     assert asyncio.run(main()).shape == (1, 10) and seen == [1]
 
 
+def test_the_batcher_waits_only_when_requests_arrive_closer_than_the_delay():
+    batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay_ms=2)
+    batcher._queue = asyncio.Queue()
+    assert not batcher.worth_waiting()  # no traffic yet
+    for t in (0.0, 0.010, 0.020, 0.030):  # one request every 10 ms: 5x the delay
+        batcher._arrived(t)
+    assert not batcher.worth_waiting()
+    for i in range(20):  # a burst: 0.1 ms apart
+        batcher._arrived(0.031 + i * 1e-4)
+    assert batcher.worth_waiting()
+
+
 def test_batcher_stop_finishes_queued_requests():
     async def main():
         batcher = DynamicBatcher(lambda x: np.zeros((len(x), 10), np.float32), 4, 1)

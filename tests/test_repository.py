@@ -4,9 +4,6 @@ configuration, per-model metrics (driven by tritonclient on a loopback port)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import requests
@@ -14,7 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from cifar_deploy.serving.server import create_app, load_repository
-from tests.helpers import copy_artifacts
+from tests.helpers import copy_artifacts, serving
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +30,9 @@ def served(repository):
 
 @pytest.fixture(scope="module")
 def server(served):
-    import uvicorn
-
     predictors, skipped = served
-    app = create_app(predictors, max_queue_delay_ms=5, skipped=skipped)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving(create_app(predictors, max_queue_delay_ms=5, skipped=skipped)) as address:
+        yield address
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ instance_group [
 ]
 parameters {{
   key: "num_threads"
-  value: {{ string_value: "0" }}
+  value: {{ string_value: "{threads}" }}
 }}
 """
 
@@ -117,7 +117,10 @@ class TritonPythonModel:
 '''
 
 
-def config_pbtxt(name: str, input_dtype: str, max_batch_size: int, delay_us: int = 2000) -> str:
+def config_pbtxt(
+    name: str, input_dtype: str, max_batch_size: int, delay_us: int = 2000, threads: int = 0
+) -> str:
+    """The repository's ``config.pbtxt``; ``threads`` 0: LiteRT uses every core."""
     return CONFIG_TEMPLATE.format(
         name=name,
         max_batch_size=max_batch_size,
@@ -127,6 +130,7 @@ def config_pbtxt(name: str, input_dtype: str, max_batch_size: int, delay_us: int
         output=OUTPUT_NAME,
         classes=NUM_CLASSES,
         delay_us=delay_us,
+        threads=threads,
     )
 
 

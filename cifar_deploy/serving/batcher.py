@@ -1,12 +1,13 @@
 """Dynamic batching: concurrent requests merged into one inference call.
 
 Requests queue up; a single batching task takes the first and everything already waiting behind
-it (up to ``max_batch_size`` rows). A lone request is dispatched at once: no delay when the server
-is idle. Under load (others were already waiting), it keeps collecting until the batch is full or
-``max_queue_delay_ms`` has passed since the first arrived. Requests that arrive while a batch runs
-wait for the next one, so batches grow with the load by themselves. The merged batch runs on one
-worker thread (off the event loop, one inference at a time), and each caller gets exactly its own
-rows back.
+it (up to ``max_batch_size`` rows). Whether it then waits up to ``max_queue_delay_ms`` for more
+depends on the traffic: it waits when others are already queued, or when requests have recently
+been arriving less than the delay apart (a moving average of the gaps between arrivals), so that
+a burst merges into one batch; a lone request on a quiet server (gaps longer than the delay) is
+dispatched at once, with no added latency. Requests that arrive while a batch runs form the next
+one. The merged batch runs on one worker thread (off the event loop, one inference at a time),
+and each caller gets exactly its own rows back.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._carry: _Pending | None = None  # a request that did not fit the previous batch
+        self._last_arrival: float | None = None
+        self.arrival_gap = float("inf")  # moving average of seconds between arrivals
 
     @property
     def queue_depth(self) -> int:
@@ -68,16 +71,30 @@ class DynamicBatcher:
         """Queue ``images`` (N rows) and wait for their N rows of probabilities."""
         if self._queue is None:
             raise RuntimeError("batcher not started")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._arrived(loop.time())
+        future = loop.create_future()
         await self._queue.put(_Pending(images, future))
         return await future
+
+    def _arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            finite = self.arrival_gap != float("inf")
+            self.arrival_gap = 0.8 * self.arrival_gap + 0.2 * gap if finite else gap
+        self._last_arrival = now
+
+    def worth_waiting(self) -> bool:
+        """More requests are expected within the queue delay: some are queued already, or
+        they have been arriving closer together than the delay."""
+        return not self._queue.empty() or self.arrival_gap < self.max_delay
 
     async def _collect(self) -> list[_Pending]:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], len(first.images)
-        under_load = not self._queue.empty()  # alone: dispatch now; with company: wait a little
-        deadline = asyncio.get_running_loop().time() + (self.max_delay if under_load else 0.0)
+        wait = self.max_delay if self.worth_waiting() else 0.0
+        deadline = asyncio.get_running_loop().time() + wait
         while rows < self.max_batch_size:
             timeout = deadline - asyncio.get_running_loop().time()
             try:

@@ -85,15 +85,17 @@ class KerasPredictor(Predictor):
     def __init__(self, path, metadata, device="cpu", threads=None):
         super().__init__(path, metadata, device, threads)
         from ..export.source import load_keras_model
+        from ..reference import compiled
 
         self._device = _tf_device(device)
         self.model = load_keras_model(self.path)
+        self._call = compiled(self.model)  # one traced graph, as training's test evaluation
         self.provider = f"tensorflow {self._device}"
 
     def _run(self, batch):
         tf = _tf.tf()
         with tf.device(self._device):
-            return np.asarray(self.model(batch.astype(np.float32), training=False))
+            return np.asarray(self._call(batch.astype(np.float32)))
 
 
 class SavedModelPredictor(Predictor):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..errors import InvalidOptionError, TrainingInterrupted
+from ..errors import InvalidOptionError
 
 
 @dataclass(frozen=True)
@@ -231,11 +231,7 @@ def train_multi_worker(config):
         phases = [p for p in recipe.phases if p.epochs > 0]
         fit_phases(model, phases, recipe, splits, recorder, spec, strategy, config.seed)
     except KeyboardInterrupt:
-        recorder.interrupted()
-        raise TrainingInterrupted(
-            f"training interrupted after {recorder.epochs_run} epochs; "
-            f"{recorder.last_path} holds the latest weights"
-        ) from None
+        raise recorder.interrupted() from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return recorder.result(*t._evaluate_best(recorder.best_path, data))
