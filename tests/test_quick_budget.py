@@ -112,18 +112,22 @@ def test_a_budgeted_pipeline_records_its_plan_and_trains_within_its_share(
 # Training's progress against its budget
 
 
-def test_a_budgeted_run_reports_each_epoch_and_its_elapsed_time(tmp_path, cifar_dir):
-    reports = []
-    config = TrainConfig(
+def budgeted(tmp_path, data_dir, seconds: float, **kw) -> TrainConfig:
+    """The tiny CNN trained for ``seconds`` of wall time."""
+    return TrainConfig(
         model="cnn",
-        data_dir=cifar_dir,
+        data_dir=data_dir,
         runs_dir=tmp_path / "runs",
         model_kwargs=TINY_CNN,
         verbose=0,
-        time_budget=6.0,
-        on_progress=lambda *report: reports.append(report),
+        time_budget=seconds,
+        **kw,
     )
-    result = train(config)
+
+
+def test_a_budgeted_run_reports_each_epoch_and_its_elapsed_time(tmp_path, cifar_dir):
+    reports = []
+    result = train(budgeted(tmp_path, cifar_dir, 6.0, on_progress=lambda *r: reports.append(r)))
     epochs = [r for r in reports if r[0]]
     assert len(epochs) == result.epochs_run
     assert epochs[0][0].startswith("epoch 1, val accuracy")
@@ -137,15 +141,7 @@ def test_a_budgeted_run_reports_each_epoch_and_its_elapsed_time(tmp_path, cifar_
 
 
 def test_training_keeps_the_reference_predictions_and_verify_reuses_them(tmp_path, cifar_dir):
-    config = TrainConfig(
-        model="cnn",
-        data_dir=cifar_dir,
-        runs_dir=tmp_path / "runs",
-        model_kwargs=TINY_CNN,
-        verbose=0,
-        time_budget=4.0,
-    )
-    result = train(config)
+    result = train(budgeted(tmp_path, cifar_dir, 4.0))
     data = load_cifar10(cifar_dir)
     kept = reference.load(result.best_path, data.x_test, data.y_test)
     assert set(kept) == {"none", "flip"}
