@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RequestError
-from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, model_config, parse_tensor
+from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
 
 STATUS_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}
 # Typed contents fields by V2 datatype (when a client sends no raw_input_contents).
@@ -94,11 +94,9 @@ def make_servicer(repository):
 
         async def ModelConfig(self, request, context):
             try:
-                model = repository.model(request.name, request.version or None)
+                config = repository.model_configuration(request.name, request.version or None)
             except RequestError as exc:
                 return await abort(context, exc)
-            b = model.batcher
-            config = model_config(model.name, model.predictor, b.max_batch_size, b.max_delay * 1e3)
             message = json_format.ParseDict(config, config_pb.ModelConfig())
             return pb.ModelConfigResponse(config=message)
 

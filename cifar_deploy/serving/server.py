@@ -83,15 +83,16 @@ def _endpoint(path: str) -> tuple[str, str]:
     return "/v2/models/{name}", name
 
 
-def _infer_target(scope) -> str | None:
-    """The model name of ``POST /v2/models/{name}[/versions/{v}]/infer``, else None."""
+def _infer_target(scope) -> tuple[str, str | None] | None:
+    """(model name, version or None) of ``POST /v2/models/{name}[/versions/{v}]/infer``, else
+    None: the path is split once, here."""
     if scope["method"] != "POST":
         return None
     parts = scope["path"].split("/")  # "", "v2", "models", name, ["versions", v,] "infer"
     if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[4] == "infer":
-        return parts[3]
+        return parts[3], None
     if len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions":
-        return parts[3] if parts[6] == "infer" else None
+        return (parts[3], parts[5]) if parts[6] == "infer" else None
     return None
 
 
@@ -132,8 +133,8 @@ class Observe:
                     f"payload of {int(length):,} bytes exceeds the limit of {self.limit:,} bytes"
                 )
                 await self._json(tracking_send, 413, message)
-            elif (name := _infer_target(scope)) is not None:
-                await self.repository.infer_asgi(name, scope, receive, tracking_send)
+            elif (target := _infer_target(scope)) is not None:
+                await self.repository.infer_asgi(*target, scope, receive, tracking_send)
             else:
                 await self.app(scope, receive, tracking_send)
         except Exception as exc:  # never a bare 500 page: a JSON error, logged, and keep serving
@@ -241,28 +242,29 @@ class Repository:
         except RequestError as exc:
             return _error(exc.status, exc.message)
 
-    async def config(self, model_name: str, version: str | None = None):
-        """Triton's model configuration, which perf_analyzer asks for before any request."""
-        try:
-            model = self.model(model_name, version)
-        except RequestError as exc:
-            return _error(exc.status, exc.message)
+    def model_configuration(self, model_name: str, version: str | None = None) -> dict:
+        """Triton's model configuration (REST and gRPC), which perf_analyzer asks for first."""
+        model = self.model(model_name, version)
         b = model.batcher
         return model_config(model.name, model.predictor, b.max_batch_size, b.max_delay * 1000)
 
-    async def model_ready(self, model_name: str, version: str | None = None):
+    async def config(self, model_name: str, version: str | None = None):
         try:
-            model = self.model(model_name, version)
+            return self.model_configuration(model_name, version)
         except RequestError as exc:
             return _error(exc.status, exc.message)
-        return {"name": model.name, "ready": True}
 
-    async def infer_asgi(self, model_name: str, scope, receive, send) -> None:
+    async def model_ready(self, model_name: str, version: str | None = None):
+        try:
+            return {"name": self.model(model_name, version).name, "ready": True}
+        except RequestError as exc:
+            return _error(exc.status, exc.message)
+
+    async def infer_asgi(self, model_name: str, version: str | None, scope, receive, send) -> None:
         """``POST .../infer`` as a raw ASGI handler: the hot path, without the framework's
         routing, request and response objects; the same checks and errors as every route."""
         try:
-            parts = scope["path"].split("/")
-            model = self.model(model_name, parts[5] if len(parts) == 7 else None)
+            model = self.model(model_name, version)
             body = await _read_body(receive, self.limit)
             length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
             req, images = parse_infer_request(body, None if length is None else length.decode())
