@@ -25,6 +25,9 @@ from .errors import (
     InvalidModelError,
     InvalidOptionError,
 )
+from .serving.limits import ServerLimits
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 app = typer.Typer(
     name="cifar-deploy",
@@ -73,6 +76,16 @@ def root(
     """Train, export, verify, benchmark and serve CIFAR-10 classifiers."""
     _tf.set_verbose(verbose)
     console.setup_logging(verbose)
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback: NaN and infinity pass typer's ranges (every comparison with NaN is
+    false), so float options also run through this."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, received {value}")
+    return value
 
 
 # Options several commands share, spelled once.
@@ -508,19 +521,40 @@ def serve_cmd(
         ),
     ],
     host: Annotated[str, Opt(help="Bind address (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="TCP port.")] = 8000,
+    port: Annotated[int, Opt(help="TCP port.", min=0, max=65535)] = 8000,
     name: Annotated[
         Optional[str], Opt(help="Model name in URLs (default: the sidecar's model name).")
     ] = None,
-    max_batch_size: Annotated[int, Opt(help="Largest merged batch.")] = 64,
-    max_queue_delay_ms: Annotated[float, Opt(help="Longest wait for a batch to fill, ms.")] = 2.0,
+    max_batch_size: Annotated[int, Opt(help="Largest merged batch.", min=1, max=4096)] = 64,
+    max_queue_delay_ms: Annotated[
+        float, Opt(help="Longest wait for a batch to fill, ms.", min=0, max=10_000, callback=finite)
+    ] = 2.0,
     threads: Threads = None,
     device: Annotated[Device, Opt(help="cpu or gpu.")] = Device.cpu,
-    max_payload_mb: Annotated[float, Opt(help="Largest request body, MB.")] = 8.0,
+    max_payload_mb: Annotated[
+        float, Opt(help="Largest request body, MB.", min=0.01, max=4096, callback=finite)
+    ] = 8.0,
     grpc_port: Annotated[
         Optional[int],
-        Opt(help="Also serve the Open Inference Protocol over gRPC on this port (off by default)."),
+        Opt(
+            help="Also serve the Open Inference Protocol over gRPC on this port (off by default).",
+            min=0,
+            max=65535,
+        ),
     ] = None,
+    max_connections: Annotated[
+        int, Opt(help="Open HTTP connections at once; the next gets 503.", min=1)
+    ] = ServerLimits.max_connections,
+    header_timeout_s: Annotated[
+        float,
+        Opt(help="Seconds a connection may take to send a request head.", min=0.1, callback=finite),
+    ] = ServerLimits.header_timeout_s,
+    body_timeout_s: Annotated[
+        float,
+        Opt(
+            help="Seconds a request may take to send its body (then 408).", min=0.1, callback=finite
+        ),
+    ] = ServerLimits.body_timeout_s,
 ):
     """Serve an artifact, or a directory of them, over the Open Inference Protocol (KServe V2)
     with dynamic batching.
@@ -537,7 +571,22 @@ def serve_cmd(
 
     from .serving import load_predictor
     from .serving.artifacts import is_repository
+    from .serving.limits import raise_open_file_limit, uvicorn_config
     from .serving.server import create_app, load_repository
+
+    if host not in LOOPBACK_HOSTS:
+        console.warn(
+            f"--host {host} listens beyond this machine: anyone who can reach it can use the "
+            "model (there is no authentication); put a proxy with TLS and auth in front"
+        )
+    files = raise_open_file_limit(max_connections + 256)  # sockets, model files, logs
+    if files < max_connections + 64:
+        console.warn(
+            f"this process may open only {files} files; --max-connections lowered from "
+            f"{max_connections} to {files - 64}"
+        )
+        max_connections = files - 64
+    limits = ServerLimits(header_timeout_s, body_timeout_s, max_connections)
 
     skipped: dict[str, str] = {}
     if is_repository(artifact):
@@ -562,6 +611,7 @@ def serve_cmd(
         skipped=skipped,
         grpc_port=grpc_port,
         grpc_host=host,
+        limits=limits,
     )
     if grpc_port is not None:
         console.err.print(f"gRPC (inference.GRPCInferenceService) on {host}:{grpc_port}")
@@ -571,7 +621,7 @@ def serve_cmd(
             f"http://{host}:{port}/v2/models/{model_name}",
             highlight=False,
         )
-    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(uvicorn_config(app_, host, port, limits, log_level="warning")).run()
 
 
 @app.command("predict")

@@ -64,6 +64,10 @@ def error(message: str, hint: str | None = None) -> None:
         err.print(f"[dim]hint:[/] {hint}", highlight=False)
 
 
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
 class _RichStderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = record.levelname.lower()

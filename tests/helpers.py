@@ -123,12 +123,15 @@ def copy_artifacts(artifacts, directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(app):
-    """``app`` served by uvicorn in a thread on a free loopback port; yields "127.0.0.1:PORT"
-    once it has started, and stops it afterwards."""
+def serving(app, limits=None):
+    """``app`` served by uvicorn in a thread on a free loopback port, configured as ``serve``
+    configures it (with ``limits``); yields "127.0.0.1:PORT" once it has started, and stops it
+    afterwards."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    from cifar_deploy.serving.limits import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, limits, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -156,7 +156,7 @@ BAD_REQUESTS = {
         _json_request([2, 32, 32, 3], data=[1] * 3072),
         "needs 6144 elements, received 3072",
     ),
-    "NaN": (_json_request([1, 32, 32, 3], "FP32", data=["NaN"] + [0] * 3071), "finite"),
+    "NaN": (_json_request([1, 32, 32, 3], "FP32", data=[float("nan")] + [0] * 3071), "finite"),
     "out of range for uint8": (
         _json_request([1, 32, 32, 3], data=[300] + [0] * 3071),
         "0..255, received 0..300",

@@ -11,24 +11,40 @@ import numpy as np
 from ..contract import IMAGE_SIZE
 from ..errors import RequestError
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # declared width x height beyond which an image is refused (413)
+
 
 def decode_image(data: bytes) -> np.ndarray:
-    """A PNG or JPEG of any size -> uint8 (32, 32, 3) RGB."""
+    """A PNG or JPEG up to :data:`MAX_IMAGE_PIXELS` -> uint8 (32, 32, 3) RGB. The declared size
+    is checked from the header before anything is decoded (a few-KB file can declare a
+    gigapixel image), and a JPEG is decoded at the smallest scale (1/2 .. 1/8) that still covers
+    64 x 64, so its cost does not grow with its declared size."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise RequestError("the uploaded file is empty; expected a PNG or JPEG image")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format not in ("PNG", "JPEG"):
                 raise RequestError(f"expected a PNG or JPEG image, received {img.format}")
-            img.load()
-            if img.width < 1 or img.height < 1:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise RequestError(
+                    f"the image declares {width} x {height} pixels; the limit is "
+                    f"{MAX_IMAGE_PIXELS:,} pixels (CIFAR-10 models take 32 x 32)",
+                    413,
+                )
+            if width < 1 or height < 1:
                 raise RequestError("the image decodes to nothing (zero width or height)")
+            if img.format == "JPEG":
+                img.draft("RGB", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+            img.load()
             size = (IMAGE_SIZE, IMAGE_SIZE)
             rgb = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     except RequestError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"the image is too large to decode ({exc})", 413) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(f"not a decodable PNG or JPEG image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)

@@ -10,6 +10,7 @@ received and what is expected.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -81,14 +82,21 @@ def model_config(name: str, predictor: Predictor, max_batch_size: int, delay_ms:
     }
 
 
+MAX_BATCH_ROWS = 65_536  # images in one request; the payload limit binds long before this
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, np.ndarray]:
-    """(request JSON, images array) from a V2 infer body, JSON or binary-extension."""
+    """(request JSON, images array) from a V2 infer body, JSON or binary-extension. Every field
+    is validated here, in one place (types, ranges, sizes computed with Python integers and
+    bounded before numpy sees them), so any malformed request is a :class:`RequestError` that
+    names the field. A UTF-8 byte order mark before the JSON is accepted (RFC 8259 lets a parser
+    ignore it); numeric strings and booleans in ``data`` are refused, as Triton refuses them."""
     if header_length is not None:
         try:
             json_size = int(header_length)
         except ValueError:
             raise RequestError(
-                f"{HEADER_LENGTH} must be an integer, received {header_length!r}"
+                f"{HEADER_LENGTH} must be an integer, received {header_length[:40]!r}"
             ) from None
         if not 0 < json_size <= len(body):
             raise RequestError(f"{HEADER_LENGTH} {json_size} does not fit a {len(body)}-byte body")
@@ -99,8 +107,15 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
         request = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("malformed JSON: nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError("expected a JSON object with an 'inputs' list")
+    _text(request.get("id"), "'id'", required=False)
+    parameters = _object(request.get("parameters"), "'parameters'")
+    if not isinstance(parameters.get("binary_data_output", False), bool):
+        raise RequestError("'parameters.binary_data_output' must be true or false")
+    check_outputs(request)
     inputs = request["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(
@@ -112,23 +127,19 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
 def parse_tensor(spec: dict, binary: bytes) -> np.ndarray:
     """The images of one V2 input tensor (``spec``: its name, datatype, shape and ``data`` or
     ``parameters.binary_data_size``; ``binary``: the bytes after the JSON), checked."""
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    name = _text(spec.get("name"), "input 'name'")
     if name != INPUT_NAME:
         raise RequestError(f"unknown input {name!r}; expected {INPUT_NAME!r}")
+    datatype = _text(spec.get("datatype"), "input 'datatype'")
     if datatype not in ACCEPTED_DTYPES:
         raise RequestError(f"input datatype {datatype!r} is not accepted; expected UINT8 or FP32")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 4
-        or not all(isinstance(d, int) for d in shape)
-        or shape[1:] != list(INPUT_SHAPE)
-        or shape[0] < 1
-    ):
-        raise RequestError(f"expected shape [N, 32, 32, 3] with N >= 1, received {shape}")
-    count = int(np.prod(shape))
+    shape = _shape(spec.get("shape"))
+    count = math.prod(shape)  # Python integers: bounded by MAX_BATCH_ROWS, never overflows
     dtype = V2_DTYPES[datatype]
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    parameters = _object(spec.get("parameters"), "input 'parameters'")
+    size = parameters.get("binary_data_size")
     if size is not None:
+        size = _whole(size, "'binary_data_size'")
         expected = count * np.dtype(dtype).itemsize
         if size != expected or size > len(binary):
             raise RequestError(
@@ -137,16 +148,87 @@ def parse_tensor(spec: dict, binary: bytes) -> np.ndarray:
             )
         array = np.frombuffer(binary[:size], dtype=dtype)
     else:
-        data = spec.get("data")
-        if not isinstance(data, list):
-            raise RequestError("expected 'data' (a flat or nested list) or binary data")
-        try:
-            array = np.asarray(data, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise RequestError("'data' must hold numbers only") from None
-        if array.size != count:
-            raise RequestError(f"shape {shape} needs {count} elements, received {array.size}")
+        array = _numbers(spec.get("data"), count, shape)
     return _check_values(array.reshape(shape), datatype)
+
+
+def _shape(shape: object) -> list[int]:
+    """``[N, 32, 32, 3]`` with 1 <= N <= MAX_BATCH_ROWS, integers only (not booleans)."""
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 4
+        or not all(type(d) is int for d in shape)
+        or shape[1:] != list(INPUT_SHAPE)
+        or not 1 <= shape[0] <= MAX_BATCH_ROWS
+    ):
+        shown = shape if isinstance(shape, list) and len(str(shape)) < 80 else _kind(shape)
+        raise RequestError(
+            f"expected shape [N, 32, 32, 3] with N in 1..{MAX_BATCH_ROWS:,}, received {shown}"
+        )
+    return shape
+
+
+def _flat(data: list):
+    for value in data:
+        if type(value) is list:
+            yield from _flat(value)
+        else:
+            yield value
+
+
+def _numbers(data: object, count: int, shape: list[int]) -> np.ndarray:
+    """JSON ``data`` (flat, or nested as the shape) as float64, after checking in Python that it
+    holds exactly ``count`` JSON numbers: no booleans, strings or nulls, nothing beyond float64."""
+    if not isinstance(data, list):
+        raise RequestError(
+            f"expected 'data' (a flat or nested list) or binary data, received {_kind(data)}"
+        )
+    values = list(_flat(data))
+    if len(values) != count:
+        raise RequestError(f"shape {shape} needs {count} elements, received {len(values)}")
+    odd = next((v for v in values if type(v) is not int and type(v) is not float), 0)
+    if odd != 0:
+        raise RequestError(f"'data' must hold numbers only, received {_kind(odd)}")
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        raise RequestError("'data' holds an integer too large for a pixel value") from None
+
+
+def _text(value: object, where: str, required: bool = True) -> str | None:
+    """A string field, which must be valid UTF-8 text (JSON allows unpaired surrogates)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{where} must be a string, received {_kind(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{where} is not valid UTF-8 text (an unpaired surrogate)") from None
+    return value
+
+
+def _object(value: object, where: str) -> dict:
+    """An optional JSON object field (``parameters``): absent or null reads as {}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f"{where} must be a JSON object, received {_kind(value)}")
+    return value
+
+
+def _whole(value: object, where: str) -> int:
+    """An integer field: a JSON integer, not a boolean and not a float."""
+    if type(value) is not int:
+        raise RequestError(f"{where} must be an integer, received {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    """A received value's JSON type, for error messages (never the value: it may be huge)."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "an object", type(None): "null"})
+    return names.get(type(value), type(value).__name__)
 
 
 def _check_values(array: np.ndarray, datatype: str) -> np.ndarray:
@@ -166,9 +248,20 @@ def _check_values(array: np.ndarray, datatype: str) -> np.ndarray:
 
 
 def check_outputs(request: dict) -> None:
-    """Only ``probabilities`` may be asked for."""
-    for wanted in request.get("outputs") or []:
-        name = wanted.get("name") if isinstance(wanted, dict) else wanted
+    """``outputs``, when present, is a list asking only for ``probabilities`` (by name, or as
+    ``{"name": ..., "parameters": {...}}``)."""
+    outputs = request.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise RequestError(f"'outputs' must be a list, received {_kind(outputs)}")
+    for wanted in outputs:
+        if isinstance(wanted, dict):
+            _object(wanted.get("parameters"), "output 'parameters'")
+            name = wanted.get("name")
+        else:
+            name = wanted
+        name = _text(name, "output 'name'")
         if name != OUTPUT_NAME:
             raise RequestError(f"unknown output {name!r}; expected {OUTPUT_NAME!r}")
 

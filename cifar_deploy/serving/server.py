@@ -13,6 +13,7 @@ traceback and answered with a JSON 500, and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from fastapi import FastAPI, Request  # module level: route annotations resolve 
 from ..errors import RequestError
 from .batcher import DynamicBatcher
 from .images import decode_image, top_k
+from .limits import BodyBudget, ServerLimits, quiet_loop_errors
 from .protocol import (
     HEADER_LENGTH,
     MODEL_VERSION,
@@ -72,15 +74,29 @@ def _metrics():
     return registry, {"requests": requests, "latency": latency, "batch": batch, "queue": queue}
 
 
+FIXED_ENDPOINTS = frozenset(
+    ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/v1/classify")
+    + ("/metrics",)
+)
+MODEL_SUFFIXES = ("", "/infer", "/ready", "/config")
+
+
 def _endpoint(path: str) -> tuple[str, str]:
-    """(metric label for a path, the model name in it or ""): names folded into ``{name}``."""
-    if not path.startswith("/v2/models/"):
+    """(metric label for a path, the model name in it or ""): the route template, with names
+    and versions folded into ``{name}`` and ``{version}``, and every path no route matches in
+    one ``unmatched`` label, so no request can add a label of its own choosing."""
+    if path in FIXED_ENDPOINTS:
         return path, ""
-    name = path.split("/")[3]
-    for suffix in ("/infer", "/ready", "/config"):
-        if path.endswith(suffix):
-            return "/v2/models/{name}" + suffix, name
-    return "/v2/models/{name}", name
+    parts = path.split("/")  # "", "v2", "models", name, ["versions", v,] [suffix]
+    if len(parts) < 4 or parts[1:3] != ["v2", "models"] or not parts[3]:
+        return "unmatched", ""
+    template, rest = "/v2/models/{name}", parts[4:]
+    if rest[:1] == ["versions"] and len(rest) >= 2:
+        template, rest = template + "/versions/{version}", rest[2:]
+    suffix = "/" + "/".join(rest) if rest else ""
+    if suffix not in MODEL_SUFFIXES:
+        return "unmatched", ""
+    return template + suffix, parts[3]
 
 
 def _infer_target(scope) -> tuple[str, str | None] | None:
@@ -109,8 +125,9 @@ class Observe:
     repository's raw handler (the hot path, before the framework's routing), a JSON 500 instead
     of a bare error page, and request, latency and queue metrics per model."""
 
-    def __init__(self, app, metrics: dict, repository: Repository, max_payload_bytes: int):
-        self.app, self.m, self.repository, self.limit = app, metrics, repository, max_payload_bytes
+    def __init__(self, app, metrics: dict, repository: Repository):
+        self.app, self.m, self.repository = app, metrics, repository
+        self.limit = repository.limit
 
     async def _json(self, send, status: int, message: str) -> None:
         await _send_bytes(send, status, _error_body(message), "application/json")
@@ -155,22 +172,6 @@ def _error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-async def _read_body(receive, limit: int) -> bytes:
-    """The whole request body from ASGI ``receive``, refused (413) past ``limit`` bytes."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise RequestError("the client disconnected before sending the whole body", 400)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"payload exceeds the limit of {limit:,} bytes", 413)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 def _error(status: int, message: str):
     from fastapi.responses import JSONResponse
 
@@ -192,8 +193,8 @@ class Repository:
     configuration, readiness and inference, classification and metrics. Artifacts that could
     not be loaded are listed in the index as unavailable, with the reason."""
 
-    def __init__(self, models: dict[str, ServedModel], metrics, limit, skipped=None):
-        self.models, self.limit = models, limit
+    def __init__(self, models: dict[str, ServedModel], metrics, body: BodyBudget, skipped=None):
+        self.models, self.body, self.limit = models, body, body.max_payload
         self.registry, self.m = metrics
         self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
 
@@ -209,7 +210,7 @@ class Repository:
         return model
 
     async def _body(self, request: Request) -> bytes:
-        return await _read_body(request.receive, self.limit)
+        return await self.body.read(request.receive)
 
     async def live(self):
         return {"live": True}
@@ -265,7 +266,7 @@ class Repository:
         routing, request and response objects; the same checks and errors as every route."""
         try:
             model = self.model(model_name, version)
-            body = await _read_body(receive, self.limit)
+            body = await self.body.read(receive)
             length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
             req, images = parse_infer_request(body, None if length is None else length.decode())
             check_outputs(req)
@@ -285,7 +286,8 @@ class Repository:
                     f"this server serves several models; pass ?model= one of {names}"
                 )
             served = self.model(model) if model is not None else next(iter(self.models.values()))
-            image = decode_image(await _upload_bytes(request, await self._body(request)))
+            upload = await _upload_bytes(request, await self._body(request))
+            image = await asyncio.to_thread(decode_image, upload)  # off the event loop
         except RequestError as exc:
             return _error(exc.status, exc.message)
         probs = (await served.batcher.submit(image[None]))[0]
@@ -350,6 +352,7 @@ def create_app(
     skipped: Mapping[str, str] | None = None,
     grpc_port: int | None = None,
     grpc_host: str = "127.0.0.1",
+    limits: ServerLimits | None = None,
 ):
     """The FastAPI application serving one predictor as model ``name``, or a repository of
     them (``{name: predictor}``), each with its own dynamic batcher; ``skipped`` lists the
@@ -372,10 +375,12 @@ def create_app(
         )
         for n, p in predictors.items()
     }
-    repository = Repository(models, (registry, m), max_payload_bytes, skipped)
+    body = BodyBudget(limits or ServerLimits(), max_payload_bytes)
+    repository = Repository(models, (registry, m), body, skipped)
 
     @asynccontextmanager
     async def lifespan(app):
+        asyncio.get_running_loop().set_exception_handler(quiet_loop_errors)
         for model in models.values():
             model.batcher.start()
         grpc_server = None
@@ -392,9 +397,7 @@ def create_app(
 
     app = FastAPI(title="cifar-deploy", lifespan=lifespan)
     app.state.repository = repository
-    app.add_middleware(
-        Observe, metrics=m, repository=repository, max_payload_bytes=max_payload_bytes
-    )
+    app.add_middleware(Observe, metrics=m, repository=repository)
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)

@@ -1,0 +1,207 @@
+"""The server's resource limits, enforced where each resource is spent.
+
+- **Connections** (the HTTP protocol, :class:`GuardedProtocol`): at most ``max_connections`` open
+  at once (the next is answered 503 and closed at once, so idle sockets cannot use up the
+  process's file descriptors), and a connection must send a complete request head within
+  ``header_timeout_s`` of opening or of its previous response (then it is closed).
+- **Request bodies** (:class:`BodyBudget`, used by every handler that reads a body): the whole
+  body must arrive within ``body_timeout_s`` (408), and the bytes held in partly received bodies
+  across all requests stay under ``max_buffered_bytes`` (503), so stalled uploads cannot pin
+  memory.
+- **Log volume**: errors the event loop reports (a refused ``accept()``, a reset connection) are
+  logged as one line each, at most one per second, with a count of those left out.
+
+Malformed request heads (a bad ``Content-Length``) get the project's JSON error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from ..errors import RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    header_timeout_s: float = 10.0  # seconds to send a request head after connecting or a reply
+    body_timeout_s: float = 30.0  # seconds to send a whole request body
+    max_connections: int = 1000  # open HTTP connections; the next one gets 503
+    max_buffered_bytes: int = 256 * 2**20  # bytes of request bodies held at once, all requests
+    keep_alive_s: float = 5.0  # idle seconds between requests on a kept-alive connection
+
+
+class BodyBudget:
+    """Request bodies read under a deadline and a server-wide cap on buffered bytes."""
+
+    def __init__(self, limits: ServerLimits, max_payload_bytes: int):
+        self.limits, self.max_payload = limits, max_payload_bytes
+        self.buffered = 0  # bytes held by bodies being received right now
+
+    async def read(self, receive) -> bytes:
+        """The whole body from ASGI ``receive``: 413 past the payload limit, 408 when it does
+        not arrive in time, 503 when the server already holds too many bytes of bodies."""
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.limits.body_timeout_s
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                except asyncio.TimeoutError:
+                    raise RequestError(
+                        f"the request body did not arrive within "
+                        f"{self.limits.body_timeout_s:g} s ({size:,} bytes received)",
+                        408,
+                    ) from None
+                if message["type"] == "http.disconnect":
+                    raise RequestError("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                if size + len(chunk) > self.max_payload:
+                    raise RequestError(
+                        f"payload exceeds the limit of {self.max_payload:,} bytes", 413
+                    )
+                if self.buffered + len(chunk) > self.limits.max_buffered_bytes:
+                    raise RequestError(
+                        "the server is holding too many partly received request bodies "
+                        f"({self.buffered:,} bytes); retry shortly",
+                        503,
+                    )
+                size += len(chunk)
+                self.buffered += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        finally:
+            self.buffered -= size
+
+
+class RateLimitedLog:
+    """At most one line per ``interval`` seconds; the lines left out are counted in the next."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0):
+        self.logger, self.interval = logger, interval
+        self.last, self.dropped = 0.0, 0
+
+    def warning(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.dropped += 1
+            return
+        more = f" ({self.dropped} more like it not shown)" if self.dropped else ""
+        self.logger.warning("%s%s", message, more)
+        self.last, self.dropped = now, 0
+
+
+_loop_errors = RateLimitedLog(log)
+
+
+def quiet_loop_errors(loop, context: dict) -> None:
+    """Event-loop exception handler: one line per error (type and message, no traceback),
+    rate-limited, instead of asyncio's full traceback for every refused connection."""
+    exc = context.get("exception")
+    what = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+    _loop_errors.warning(f"{context.get('message', 'event loop error')} {what}".strip())
+
+
+def _json_head(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def guarded_protocol(limits: ServerLimits):
+    """uvicorn's httptools protocol with the connection limit, the request-head timeout and
+    JSON 400s for malformed heads."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    refusals = RateLimitedLog(log)
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                refusals.warning(
+                    f"refused a connection: {limits.max_connections} are open (the limit)"
+                )
+                message = f"the server has {limits.max_connections} open connections (its limit)"
+                transport.write(_json_head(503, "Service Unavailable", message))
+                transport.close()
+                return
+            self._arm_head_timer()
+
+        def _arm_head_timer(self) -> None:
+            self._disarm_head_timer()
+            self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_timeout)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def on_headers_complete(self) -> None:
+            self._disarm_head_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # arms uvicorn's keep-alive timer
+            if not self.transport.is_closing():
+                self._arm_head_timer()  # a started but unfinished next head is bounded too
+
+        def send_400_response(self, msg: str) -> None:
+            message = "malformed HTTP request (check the request line and headers, "
+            message += "e.g. Content-Length must be a non-negative integer)"
+            self.transport.write(_json_head(400, "Bad Request", message))
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None, **kwargs):
+    """The uvicorn configuration every ``serve`` uses (and the tests): the guarded protocol,
+    the keep-alive timeout, and a 30 s graceful shutdown."""
+    import uvicorn
+
+    limits = limits or ServerLimits()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_s,
+        timeout_graceful_shutdown=30,
+        **kwargs,
+    )
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files towards ``wanted`` (within the hard limit);
+    returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
