@@ -39,40 +39,65 @@ DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 KERAS_CACHE_NAME = "cifar-10-batches-py-target"  # where keras.datasets.cifar10 extracts to
 
-# What a canonical CIFAR-10 pickle may ask for: numpy's array reconstruction, and
-# `_codecs.encode`, which Python 3 writes for byte strings in protocol-2 pickles.
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
+MAX_MEMBER_BYTES = 64 * 2**20  # a genuine batch file is 31 MB; larger ones are refused unread
+# Dtypes a CIFAR-10 pickle's arrays may have (pixels are u1; other numeric types are refused
+# later with a clear message, object arrays never get this far).
+_NUMERIC_DTYPES = frozenset(
+    {"u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8", "b1"}
 )
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global outside :data:`_ALLOWED_GLOBALS`."""
+    """An unpickler that resolves only what numpy's own array encoding uses, each through a
+    guard that accepts exactly the arguments numpy writes: ``_reconstruct(ndarray, (0,), b"b")``
+    (an empty array the data then fills, so its size is checked against the bytes present;
+    any other shape would allocate memory the file does not hold), ``dtype`` of a numeric type,
+    and ``_codecs.encode(text, "latin1")``, which Python 3 writes for byte strings."""
 
     def __init__(self, file, source: str):
         super().__init__(file, encoding="bytes")
         self._source = source
+        multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+        self._globals = {
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct(multiarray._reconstruct),
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct(multiarray._reconstruct),
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): self._dtype,
+            ("_codecs", "encode"): self._encode,
+        }
+
+    def _refuse(self, what: str) -> UnsafePickleError:
+        return UnsafePickleError(
+            f"{self._source}: refusing {what}; a CIFAR-10 pickle may only hold numpy arrays, "
+            "lists, dicts, numbers and strings, encoded as numpy and Python write them",
+            hint="the file is not a genuine CIFAR-10 batch; do not load it",
+        )
+
+    def _reconstruct(self, real):
+        def guarded(cls, shape, typecode):
+            if cls is not np.ndarray or tuple(shape) != (0,) or typecode != b"b":
+                raise self._refuse(f"an array constructed as {shape!r:.40} (numpy writes (0,))")
+            return real(np.ndarray, (0,), b"b")
+
+        return guarded
+
+    def _dtype(self, spec, align=False, copy=True):
+        if isinstance(spec, bytes):  # the canonical release is a Python 2 pickle: str is bytes
+            spec = spec.decode("latin1")
+        if spec not in _NUMERIC_DTYPES:
+            raise self._refuse(f"dtype {spec!r:.40}")
+        return np.dtype(spec, align=bool(align), copy=bool(copy))
+
+    def _encode(self, text, encoding="utf-8"):
+        if not isinstance(text, str) or encoding != "latin1":
+            raise self._refuse(f"_codecs.encode with {type(text).__name__}, {encoding!r:.20}")
+        return text.encode("latin1")
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to load {module}.{name}; a CIFAR-10 pickle may only "
-                "hold numpy arrays, lists, dicts, numbers and strings",
-                hint="the file is not a genuine CIFAR-10 batch; do not load it",
-            )
-        if module == "numpy.core.multiarray":  # numpy 2 moved it; avoid the deprecation shim
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
-        if module == "_codecs":
-            import _codecs
-
-            return _codecs.encode
-        return super().find_class(module, name)
+        found = self._globals.get((module, name))
+        if found is None:
+            raise self._refuse(f"to load {module}.{name}")
+        return found
 
 
 def safe_unpickle(data: bytes, source: str) -> object:
@@ -144,7 +169,9 @@ class _DirReader:
         return {p.name for p in self.root.iterdir() if p.is_file()}
 
     def read(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        path = self.root / name
+        _check_member_size(self.label(name), path.stat().st_size)
+        return path.read_bytes()
 
     def label(self, name: str) -> str:
         return str(self.root / name)
@@ -166,9 +193,11 @@ class _TarReader:
         return set(self._members)
 
     def read(self, name: str) -> bytes:
+        member = self._members[name]
+        _check_member_size(self.label(name), member.size)  # declared size, before reading
         try:
-            fh = self._tar.extractfile(self._members[name])
-            return fh.read() if fh else b""
+            fh = self._tar.extractfile(member)
+            return fh.read(MAX_MEMBER_BYTES + 1) if fh else b""
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DataFormatError(
                 f"{self.label(name)}: archive member unreadable ({exc})"
@@ -176,6 +205,14 @@ class _TarReader:
 
     def label(self, name: str) -> str:
         return f"{self.path}:{name}"
+
+
+def _check_member_size(source: str, size: int) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise DataFormatError(
+            f"{source}: {size:,} bytes; a CIFAR-10 batch file is about 31 MB "
+            f"(refused above {MAX_MEMBER_BYTES:,} bytes without reading it)"
+        )
 
 
 def _reader_for(path: Path) -> _DirReader | _TarReader | None:
@@ -259,6 +296,20 @@ def _read_class_names(reader) -> tuple[str, ...]:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
+def _warn_missing_classes(split: str, labels: np.ndarray) -> None:
+    """A split without some classes trains (or measures) a classifier that cannot be right."""
+    missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(labels).tolist()))
+    if missing:
+        names = ", ".join(CLASS_NAMES[i] for i in missing)
+        log.warning(
+            "the %s data has no images of %d of %d classes (%s)",
+            split,
+            len(missing),
+            NUM_CLASSES,
+            names,
+        )
+
+
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True) -> CifarData:
     """Load every training batch present plus the test batch.
 
@@ -288,6 +339,8 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
     x_test, y_test = parse_batch(
         safe_unpickle(reader.read(TEST_BATCH), reader.label(TEST_BATCH)), reader.label(TEST_BATCH)
     )
+    for split, labels in (("training", [p[1] for p in parts]), ("test", [y_test])):
+        _warn_missing_classes(split, np.concatenate(labels))
     return CifarData(
         x_train=np.concatenate([p[0] for p in parts]),
         y_train=np.concatenate([p[1] for p in parts]),
