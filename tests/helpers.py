@@ -109,7 +109,11 @@ def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
 
 
 def copy_artifacts(artifacts, directory: Path) -> Path:
-    """Copy artifacts with their sidecars into ``directory`` (hashes still match)."""
+    """Copy artifacts with their sidecars into ``directory`` (hashes still match), as if they
+    had been exported there: the source path, which sidecars record from the artifact's
+    directory, still leads to the same source model."""
+    import os
+
     from cifar_deploy.export.metadata import sidecar_path
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,11 @@ def copy_artifacts(artifacts, directory: Path) -> Path:
             shutil.copytree(art.path, directory / art.path.name)
         else:
             shutil.copy2(art.path, directory / art.path.name)
-        shutil.copy2(sidecar_path(art.path), directory / sidecar_path(art.path).name)
+        record = json.loads(sidecar_path(art.path).read_text())
+        if record.get("source"):
+            source = (art.path.parent / record["source"]["path"]).resolve()
+            record["source"]["path"] = os.path.relpath(source, directory.resolve())
+        sidecar_path(directory / art.path.name).write_text(json.dumps(record, indent=2))
     return directory
 
 

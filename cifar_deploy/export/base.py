@@ -10,7 +10,9 @@ metadata sidecar, the atomic move into place, and turning any failure (Ctrl-C in
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +24,7 @@ from ..contract import library_versions
 from ..errors import CifarDeployError, ExportError, InvalidOptionError, one_line, unknown_name
 from ..tta import TTA_MODES
 from .metadata import Metadata, TensorSpec, file_record, now_iso, sidecar_path
+from .quantization import measured_quantization
 from .source import ExportSource
 
 IO_TYPES = ("uint8", "int8", "float32")  # TFLite int8: the input tensor's dtype
@@ -286,9 +289,19 @@ def run_export(
         produced = fmt.fn(source, staging, options, quantization)
         if not produced.path.exists() or file_record(produced.path).size_bytes == 0:
             raise ExportError(f"{fmt.name} ({quantization}): the converter wrote nothing")
+        measured = measured_quantization(produced.path, fmt.name)
+        if measured != quantization:
+            raise ExportError(
+                f"{fmt.name} ({quantization}): the converter produced a {measured!r} model "
+                f"(read back from its tensor types), not {quantization!r}"
+            )
         seconds = time.perf_counter() - started
         metadata = _record(fmt, source, quantization, produced, staging, seconds)
         metadata.artifact.path = target.name
+        # The source as a path from the artifact's directory (runs/ and exports/ move together),
+        # never the exporting machine's absolute path.
+        relative = os.path.relpath(source.path.resolve(), Path(out_dir).resolve())
+        metadata.source = dataclasses.replace(source.record, path=relative)
         staged_sidecar = staging / sidecar.name
         staged_sidecar.write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
         # Into place: the old artifact and sidecar go first, then the artifact, then its sidecar,

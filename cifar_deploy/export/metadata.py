@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from ..contract import (
     PREPROCESSING,
     batch_shape,
 )
-from ..errors import DataFormatError
+from ..errors import DataFormatError, one_line
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
@@ -73,6 +74,11 @@ class Metadata:
 
     @classmethod
     def from_dict(cls, data: dict) -> Metadata:
+        """The record of a parsed sidecar, validated field by field first (see
+        :func:`sidecar_problem`); raises ``ValueError`` naming the first bad field."""
+        problem = sidecar_problem(data)
+        if problem:
+            raise ValueError(problem)
         data = dict(data)
         data["input"] = TensorSpec(**data["input"])
         data["output"] = TensorSpec(**data["output"])
@@ -98,23 +104,128 @@ class Metadata:
         )
 
 
+SIDECAR_FORMATS = ("savedmodel", "tflite", "onnx", "triton", "triton-python")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
+
+
+def _is_int(v) -> bool:
+    return type(v) is int
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _tensor_problem(t) -> str | None:
+    if not isinstance(t, dict) or set(t) - {"name", "shape", "dtype", "scale", "zero_point"}:
+        return "an object with name, shape, dtype, scale and zero_point"
+    if not isinstance(t.get("name"), str):
+        return "a string 'name'"
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(d is None or _is_int(d) for d in shape):
+        return "a 'shape' list of integers or null"
+    if t.get("dtype") not in TENSOR_DTYPES:
+        return f"a 'dtype' of {', '.join(TENSOR_DTYPES)}"
+    if t.get("scale") is not None and not (_is_number(t["scale"]) and t["scale"] > 0):
+        return "a positive number or null 'scale'"
+    if t.get("zero_point") is not None and not _is_int(t["zero_point"]):
+        return "an integer or null 'zero_point'"
+    return None
+
+
+def _file_problem(f) -> str | None:
+    if not isinstance(f, dict) or set(f) != {"path", "sha256", "size_bytes"}:
+        return "an object with path, sha256 and size_bytes"
+    sha = f["sha256"]
+    if not isinstance(f["path"], str) or not f["path"]:
+        return "a non-empty string 'path'"
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        return "a 'sha256' of 64 hex digits"
+    if not (_is_int(f["size_bytes"]) and f["size_bytes"] >= 0):
+        return "a non-negative integer 'size_bytes'"
+    return None
+
+
+# Sidecar field -> (what it must be, the check); None: the field may be absent.
+def _fields() -> dict:
+    from ..tta import TTA_MODES
+
+    names_ok = lambda v: (  # noqa: E731
+        isinstance(v, list) and len(v) == NUM_CLASSES and all(isinstance(n, str) for n in v)
+    )
+    return {
+        "model_name": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+        "format": (f"one of {', '.join(SIDECAR_FORMATS)}", SIDECAR_FORMATS.__contains__),
+        "quantization": (f"one of {', '.join(QUANTIZATIONS)}", QUANTIZATIONS.__contains__),
+        "input": (None, _tensor_problem),
+        "output": (None, _tensor_problem),
+        "artifact": (None, _file_problem),
+        "source": (None, lambda v: None if v is None else _file_problem(v)),
+        "class_names": (f"a list of {NUM_CLASSES} strings", names_ok),
+        "preprocessing": ("a string", lambda v: isinstance(v, str)),
+        "calibration": ("an object or null", lambda v: v is None or isinstance(v, dict)),
+        "export_seconds": ("a number", _is_number),
+        "versions": ("an object", lambda v: isinstance(v, dict)),
+        "created_at": ("a string", lambda v: isinstance(v, str)),
+        "extra": ("an object", lambda v: isinstance(v, dict)),
+        "tta": (f"one of {', '.join(TTA_MODES)}", TTA_MODES.__contains__),
+        "schema_version": (f"{SCHEMA_VERSION}", lambda v: _is_int(v) and v == SCHEMA_VERSION),
+    }
+
+
+REQUIRED = ("model_name", "format", "quantization", "input", "output", "artifact")
+
+
+def sidecar_problem(data: object) -> str | None:
+    """What is wrong with a parsed sidecar, naming the field and what it must be; None when it
+    is a valid record. Every field is checked here so no reader meets a malformed one later."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, received {type(data).__name__}"
+    fields = _fields()
+    unknown = sorted(set(data) - set(fields) - {"from_sidecar"})
+    if unknown:
+        return f"unknown fields {', '.join(map(repr, unknown))}"
+    missing = [f for f in REQUIRED if f not in data]
+    if missing:
+        return f"missing fields {', '.join(map(repr, missing))}"
+    for name, (expected, check) in fields.items():
+        if name not in data:
+            continue
+        verdict = check(data[name])
+        if expected is not None and not verdict:
+            return f"{name!r} must be {expected}"
+        if expected is None and verdict:
+            return f"{name!r} must be {verdict}"
+    return None
+
+
+def _artifact_entries(directory: Path) -> list[Path]:
+    """A directory artifact's entries (files and directories), sorted, without Python bytecode
+    caches (a server that imports a ``model.py`` writes ``__pycache__/`` beside it; that
+    changes no artifact)."""
+    return sorted(p for p in directory.rglob("*") if "__pycache__" not in p.parts)
+
+
 def _artifact_files(directory: Path) -> list[Path]:
-    """A directory artifact's files, sorted, without Python bytecode caches (a server that
-    imports a ``model.py`` writes ``__pycache__/`` beside it; that changes no artifact)."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return [p for p in _artifact_entries(directory) if p.is_file()]
 
 
 def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
+    """sha256 of a file, or of a directory as a tree: every entry's relative name (directories
+    marked with a trailing slash, so a stray empty directory changes the hash too) and every
+    file's contents, in sorted order."""
     digest = hashlib.sha256()
     path = Path(path)
-    files = _artifact_files(path) if path.is_dir() else [path]
-    for f in files:
+    entries = _artifact_entries(path) if path.is_dir() else [path]
+    for entry in entries:
         if path.is_dir():
-            digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+            tail = "/" if entry.is_dir() else ""
+            digest.update(f"{entry.relative_to(path)}{tail}".encode() + b"\0")
+        if entry.is_file():
+            with open(entry, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -151,8 +262,10 @@ def read_sidecar(artifact: Path) -> Metadata:
         return Metadata.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise DataFormatError(f"{artifact}: no metadata sidecar; expected {path}") from None
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
-        raise DataFormatError(f"{path}: not a cifar-deploy metadata record ({exc})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DataFormatError(f"{path}: not a JSON metadata record ({one_line(exc)})") from None
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DataFormatError(f"{path}: not a valid cifar-deploy metadata record: {exc}") from None
 
 
 def float_input() -> TensorSpec:

@@ -94,7 +94,7 @@ class ExportSource:
 
     @cached_property
     def record(self) -> FileRecord:
-        return file_record(self.path.resolve())  # absolute, so verify finds the reference
+        return file_record(self.path)  # run_export records the path from the artifact's dir
 
     def serving_function(self, batch: int | None = None):
         """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) ->
     """The Keras model to compare against: ``reference`` when given, else the one source model
     the sidecars name; None when no sidecar names one. Two different sources are refused."""
     if reference is None:
-        sources = sorted({m.source.path for m in metas.values() if m.source})
+        named = {_source_path(p, m): m.source.sha256 for p, m in metas.items() if m.source}
+        sources = sorted(map(str, named))
         if len(sources) > 1:
             raise InvalidOptionError(
                 f"the artifacts come from {len(sources)} different models "
@@ -88,11 +90,27 @@ def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) ->
             )
         if not sources:
             return None
-        reference = Path(sources[0])
+        reference, recorded = next(iter(named.items()))
+        if not reference.exists():
+            raise InvalidOptionError(
+                f"the artifacts were exported from {reference}, which is not there (the path "
+                "is recorded from the artifacts' directory); pass --reference PATH"
+            )
+        if sha256_of(reference) != recorded:
+            raise InvalidOptionError(
+                f"{reference}: changed since the artifacts were exported from it (sha256 "
+                f"{recorded[:12]}... then); re-export, or pass --reference PATH to compare anyway"
+            )
     reference = Path(reference)
     if reference.suffix != ".keras":
         raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
     return reference
+
+
+def _source_path(artifact: Path, metadata: Metadata) -> Path:
+    """The source model a sidecar names: a path from the artifact's directory (an absolute
+    path, as older sidecars hold, stays as it is)."""
+    return Path(os.path.normpath(Path(artifact).parent / metadata.source.path))
 
 
 def is_repository(path: Path) -> bool:

@@ -16,7 +16,13 @@ import numpy as np
 
 from .. import _tf
 from ..contract import INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
-from ..errors import DeviceUnavailableError, InvalidModelError, InvalidOptionError
+from ..errors import (
+    CifarDeployError,
+    DeviceUnavailableError,
+    InvalidModelError,
+    InvalidOptionError,
+    one_line,
+)
 from ..export.metadata import Metadata
 from .artifacts import load_metadata
 
@@ -257,5 +263,65 @@ def load_predictor(
     hash-checked it already with :func:`load_metadata`)."""
     if device not in DEVICES:
         raise InvalidOptionError(f"unknown device {device!r}; expected one of: cpu, gpu")
-    metadata = metadata if metadata is not None else load_metadata(Path(path))
-    return PREDICTORS[metadata.format](Path(path), metadata, device=device, threads=threads)
+    path = Path(path)
+    metadata = metadata if metadata is not None else load_metadata(path)
+    try:
+        if metadata.from_sidecar:
+            _check_quantization(path, metadata)
+        predictor = PREDICTORS[metadata.format](path, metadata, device=device, threads=threads)
+        _check_probe(predictor)
+    except CifarDeployError:
+        raise
+    except Exception as exc:  # a damaged file the runtime half-loads: one line, exit 2
+        raise InvalidModelError(
+            f"{path}: cannot be loaded as {metadata.format} ({one_line(exc, with_type=True)})"
+        ) from None
+    return predictor
+
+
+# Two probe images (mid-grey and a gradient): every artifact must answer them with a
+# probability row each before it counts as loaded.
+_PROBE = np.stack(
+    [
+        np.full(INPUT_SHAPE, 128, np.uint8),
+        np.broadcast_to(np.arange(32, dtype=np.uint8)[:, None, None] * 8, INPUT_SHAPE),
+    ]
+)
+PROBABILITY_SUM_TOLERANCE = 0.1  # int8 outputs are multiples of 1/256: their sums stray a little
+
+
+def _check_probe(predictor: Predictor) -> None:
+    """One trial inference: a damaged model that still loads, or a Keras model that outputs
+    logits rather than probabilities, fails here instead of at its first real request."""
+    probs = np.asarray(predictor.predict(_PROBE))
+    where = predictor.path
+    if probs.shape != (len(_PROBE), NUM_CLASSES):
+        raise InvalidModelError(
+            f"{where}: answers a ({len(_PROBE)}, 32, 32, 3) batch with shape {probs.shape}; "
+            f"expected ({len(_PROBE)}, {NUM_CLASSES}) probabilities"
+        )
+    if not np.isfinite(probs).all():
+        raise InvalidModelError(f"{where}: answers a probe batch with NaN or infinite values")
+    sums = probs.sum(axis=1)
+    if (
+        probs.min() < -1e-6
+        or probs.max() > 1 + 1e-6
+        or np.abs(sums - 1).max() > PROBABILITY_SUM_TOLERANCE
+    ):
+        raise InvalidModelError(
+            f"{where}: outputs are not probabilities (values {probs.min():.3g}.."
+            f"{probs.max():.3g}, row sums {sums.min():.3g}..{sums.max():.3g}); cifar-deploy "
+            "runs models whose last layer is a softmax",
+            hint="add a softmax activation to the model's last layer and save it again",
+        )
+
+
+def _check_quantization(path: Path, metadata: Metadata) -> None:
+    from ..export.quantization import measured_quantization
+
+    actual = measured_quantization(path, metadata.format)
+    if actual != metadata.quantization:
+        raise InvalidModelError(
+            f"{path}: its sidecar says quantization {metadata.quantization!r}, but the file's "
+            f"tensors are {actual!r}; re-export it"
+        )
