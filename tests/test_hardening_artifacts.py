@@ -158,7 +158,7 @@ def test_a_malformed_sidecar_is_a_format_error_naming_the_field(case, tiny_expor
 def _mutations(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     n = len(data)
     out = []
-    for i in range(6):
+    for _ in range(6):
         cut = rng.randrange(8, n)
         out.append((f"truncated at {cut}", data[:cut]))
     for i in range(10):
@@ -166,7 +166,7 @@ def _mutations(data: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
         for _ in range(rng.choice((1, 8, 64))):
             mutated[rng.randrange(n)] = rng.randrange(256)
         out.append((f"random bytes #{i}", bytes(mutated)))
-    for i in range(4):
+    for _ in range(4):
         start = rng.randrange(n)
         mutated = bytearray(data)
         mutated[start : start + 256] = bytes(min(256, n - start))
