@@ -88,6 +88,40 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def output_file(value: Path | None) -> Path | None:
+    """Option callback for a file the command writes at the end: checked before the work
+    starts (its directory exists and is writable, the path is not a directory)."""
+    import os
+
+    if value is None:
+        return None
+    parent = value.parent if str(value.parent) else Path(".")
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a directory; expected a file path")
+    if not parent.is_dir():
+        raise typer.BadParameter(f"the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (value.exists() and not os.access(value, os.W_OK)):
+        raise typer.BadParameter(f"{value} is not writable")
+    return value
+
+
+def output_dir(value: Path | None) -> Path | None:
+    """Option callback for a directory the command creates or fills: not a file, and inside
+    a writable directory."""
+    import os
+
+    if value is None:
+        return None
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file; expected a directory")
+    existing = value
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise typer.BadParameter(f"{existing} is not a writable directory")
+    return value
+
+
 # Options several commands share, spelled once.
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 DataDir = Annotated[
@@ -96,10 +130,11 @@ DataDir = Annotated[
         help="CIFAR-10 directory or archive (else $CIFAR10_DIR, the Keras cache, a download)."
     ),
 ]
-RunsDir = Annotated[Path, typer.Option(help="Where runs/<model>/ lives.")]
+RunsDir = Annotated[Path, typer.Option(help="Where runs/<model>/ lives.", callback=output_dir)]
 ExportsDir = Annotated[Path, typer.Option(help="Where exports/<model>/ lives.")]
 Threads = Annotated[
-    Optional[int], typer.Option(help="CPU threads for LiteRT/ONNX Runtime (default: all cores).")
+    Optional[int],
+    typer.Option(help="CPU threads for LiteRT/ONNX Runtime (default: all cores).", min=1),
 ]
 ArtifactArg = Annotated[
     Path, typer.Argument(help="Any artifact: .keras, .tflite, .onnx, savedmodel/ or triton/.")
@@ -108,7 +143,10 @@ ArtifactsArg = Annotated[
     Optional[list[Path]],
     typer.Argument(help="Artifacts or export directories (default: the newest exports/<model>/)."),
 ]
-JsonOut = Annotated[Optional[Path], typer.Option("--json-out", help="Also write the JSON to FILE.")]
+JsonOut = Annotated[
+    Optional[Path],
+    typer.Option("--json-out", help="Also write the JSON to FILE.", callback=output_file),
+]
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -165,29 +203,49 @@ def train_cmd(
     quick: Annotated[
         bool, Opt(help="CNN only: a 10-minute budget on any machine (with --epochs: N epochs).")
     ] = False,
-    epochs: Annotated[Optional[int], Opt(help="Epochs of the main phase.")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Epochs of the main phase.", min=1)] = None,
     time_budget: Annotated[
         Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
     ] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Images per step.")] = None,
-    lr: Annotated[Optional[float], Opt(help="Peak learning rate of the main phase.")] = None,
-    warmup_epochs: Annotated[Optional[float], Opt(help="Linear warmup epochs.")] = None,
-    final_lr: Annotated[Optional[float], Opt(help="Learning rate the cosine ends at.")] = None,
-    label_smoothing: Annotated[Optional[float], Opt(help="Label smoothing, 0..1.")] = None,
-    mixup_alpha: Annotated[Optional[float], Opt(help="MixUp Beta(a, a); 0 disables.")] = None,
-    weight_decay: Annotated[Optional[float], Opt(help="L2 coefficient on kernels.")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Images per step.", min=1)] = None,
+    lr: Annotated[
+        Optional[float], Opt(help="Peak learning rate of the main phase.", callback=finite)
+    ] = None,
+    warmup_epochs: Annotated[
+        Optional[float], Opt(help="Linear warmup epochs.", min=0, callback=finite)
+    ] = None,
+    final_lr: Annotated[
+        Optional[float], Opt(help="Learning rate the cosine ends at.", min=0, callback=finite)
+    ] = None,
+    label_smoothing: Annotated[
+        Optional[float], Opt(help="Label smoothing, 0..1.", min=0, max=1, callback=finite)
+    ] = None,
+    mixup_alpha: Annotated[
+        Optional[float], Opt(help="MixUp Beta(a, a); 0 disables.", min=0, callback=finite)
+    ] = None,
+    weight_decay: Annotated[
+        Optional[float], Opt(help="L2 coefficient on kernels.", min=0, callback=finite)
+    ] = None,
     crop_padding: Annotated[
-        Optional[int], Opt(help="Random-crop padding, pixels; 0: none.")
+        Optional[int], Opt(help="Random-crop padding, pixels; 0: none.", min=0)
     ] = None,
     flip: Annotated[
         Optional[bool], Opt("--flip/--no-flip", help="Random horizontal flips.")
     ] = None,
-    patience: Annotated[Optional[int], Opt(help="Early-stopping patience in epochs.")] = None,
+    patience: Annotated[
+        Optional[int], Opt(help="Early-stopping patience in epochs.", min=1)
+    ] = None,
     data_dir: DataDir = None,
     runs_dir: RunsDir = Path("runs"),
-    max_train_samples: Annotated[Optional[int], Opt(help="Train on at most N images.")] = None,
-    val_split: Annotated[Optional[float], Opt(help="Share held out for validation.")] = None,
-    seed: Annotated[int, Opt(help="Seed for NumPy, TensorFlow and Python.")] = 42,
+    max_train_samples: Annotated[
+        Optional[int], Opt(help="Train on at most N images.", min=1)
+    ] = None,
+    val_split: Annotated[
+        Optional[float], Opt(help="Share held out for validation.", callback=finite)
+    ] = None,
+    seed: Annotated[
+        int, Opt(help="Seed for NumPy, TensorFlow and Python.", min=0, max=2**32 - 1)
+    ] = 42,
     weights: Annotated[Optional[str], Opt(help="MobileNetV2: imagenet, none or a file.")] = None,
     strategy: Annotated[
         Strategy, Opt(help="mirrored: all GPUs (or CPUs); multi-worker: the machines in TF_CONFIG.")
@@ -296,13 +354,14 @@ def export_cmd(
         Optional[IOType], Opt(help="TFLite int8 input dtype [default: uint8].")
     ] = None,
     out: Annotated[
-        Optional[Path], Opt(help="Output directory (default: exports/<model>/).")
+        Optional[Path],
+        Opt(help="Output directory (default: exports/<model>/).", callback=output_dir),
     ] = None,
     data_dir: DataDir = None,
     calibration_samples: Annotated[
-        Optional[int], Opt(help="int8: calibration training images [default: 500].")
+        Optional[int], Opt(help="int8: calibration training images [default: 500].", min=1)
     ] = None,
-    seed: Annotated[int, Opt(help="Calibration sample seed.")] = 42,
+    seed: Annotated[int, Opt(help="Calibration sample seed.", min=0, max=2**32 - 1)] = 42,
     opset: Annotated[Optional[int], Opt(help="ONNX opset [default: 18].")] = None,
     max_batch_size: Annotated[
         Optional[int], Opt(help="Triton: largest batch [default: 64].")
@@ -373,17 +432,27 @@ def verify_cmd(
         Optional[Path], Opt(help="Keras model to compare with (default: the sidecars' source).")
     ] = None,
     data_dir: DataDir = None,
-    samples: Annotated[Optional[int], Opt(help="A stratified sample of N test images.")] = None,
+    samples: Annotated[
+        Optional[int], Opt(help="A stratified sample of N test images.", min=1)
+    ] = None,
     device: Annotated[Device, Opt(help="cpu or gpu (never a silent CPU fallback).")] = Device.cpu,
     threads: Threads = None,
-    max_abs_diff: Annotated[Optional[float], Opt(help="Override: largest |p - p_ref|.")] = None,
-    min_agreement: Annotated[Optional[float], Opt(help="Override: least top-1 agreement.")] = None,
-    max_accuracy_drop: Annotated[Optional[float], Opt(help="Override: most points lost.")] = None,
+    max_abs_diff: Annotated[
+        Optional[float], Opt(help="Override: largest |p - p_ref|.", min=0, max=1, callback=finite)
+    ] = None,
+    min_agreement: Annotated[
+        Optional[float],
+        Opt(help="Override: least top-1 agreement, 0..1.", min=0, max=1, callback=finite),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float],
+        Opt(help="Override: most points lost, 0..100.", min=0, max=100, callback=finite),
+    ] = None,
     exports_dir: ExportsDir = Path("exports"),
     json_out: JsonFlag = False,
     json_file: JsonOut = None,
     markdown_file: Annotated[
-        Optional[Path], Opt("--markdown", help="Write a Markdown table.")
+        Optional[Path], Opt("--markdown", help="Write a Markdown table.", callback=output_file)
     ] = None,
     consumer: Annotated[
         Optional[list[str]],
@@ -441,9 +510,11 @@ def bench_cmd(
     device: Annotated[
         BenchDevice, Opt(help="cpu, gpu or all; GPU rows say 'skipped: no GPU' without one.")
     ] = BenchDevice.cpu,
-    warmup: Annotated[int, Opt(help="Untimed runs per cell.")] = 5,
-    min_time: Annotated[float, Opt(help="Seconds of timed runs per cell.")] = 1.0,
-    min_runs: Annotated[int, Opt(help="Timed runs per cell at least.")] = 10,
+    warmup: Annotated[int, Opt(help="Untimed runs per cell.", min=0)] = 5,
+    min_time: Annotated[
+        float, Opt(help="Seconds of timed runs per cell.", min=0, max=3600, callback=finite)
+    ] = 1.0,
+    min_runs: Annotated[int, Opt(help="Timed runs per cell at least.", min=1)] = 10,
     baseline: Annotated[
         bool, Opt("--baseline/--no-baseline", help="Keras model.predict and direct-call rows.")
     ] = True,
@@ -453,8 +524,12 @@ def bench_cmd(
     exports_dir: ExportsDir = Path("exports"),
     json_out: JsonFlag = False,
     json_file: JsonOut = None,
-    csv_file: Annotated[Optional[Path], Opt("--csv", help="Write the rows as CSV to FILE.")] = None,
-    plot: Annotated[Optional[Path], Opt(help="Write a PNG of latency against batch size.")] = None,
+    csv_file: Annotated[
+        Optional[Path], Opt("--csv", help="Write the rows as CSV to FILE.", callback=output_file)
+    ] = None,
+    plot: Annotated[
+        Optional[Path], Opt(help="Write a PNG of latency against batch size.", callback=output_file)
+    ] = None,
     accuracy: Annotated[
         Optional[Path], Opt(help="A verify --json-out file: adds accuracy against size to --plot.")
     ] = None,
@@ -487,6 +562,9 @@ def bench_cmd(
         from .plots import plot_bench
 
         plot_bench(rows, plot, accuracy_json=accuracy)
+    if rows and all(r.status == "failed" for r in rows):
+        console.error(f"every one of the {len(rows)} benchmark cells failed")
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command("inspect")
@@ -563,9 +641,11 @@ def serve_cmd(
     serves every artifact its sidecars name, exports/ every model's, each as its own model (named
     after its file: cnn_int8.tflite, cnn_savedmodel) with its own batcher; one that cannot be
     loaded is reported and skipped. Endpoints: /v2/health/live, /v2/health/ready, POST
-    /v2/repository/index, /v2/models/NAME[/versions/1][/ready|/config|/infer], /v1/classify
-    (PNG/JPEG upload; ?model=NAME when several are served) and /metrics. Ctrl-C or SIGTERM lets
-    in-flight requests finish.
+    /v2/repository/index, /v2/models/NAME (and NAME/versions/1), each with /ready, /config and
+    /infer; /v1/classify (PNG/JPEG upload; ?model=NAME when several are served) and /metrics.
+    Ctrl-C or SIGTERM lets in-flight requests finish. Connections that send nothing are closed
+    after --header-timeout-s, bodies must arrive within --body-timeout-s, and at most
+    --max-connections are open at once (see README, "Limits").
     """
     import uvicorn
 
@@ -660,7 +740,7 @@ def pipeline_cmd(
         bool,
         Opt(help="CNN only: every stage within 15 minutes on any machine (see README)."),
     ] = False,
-    epochs: Annotated[Optional[int], Opt(help="Epochs of the main training phase.")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Epochs of the main training phase.", min=1)] = None,
     time_budget: Annotated[
         Optional[str], Opt(help="Train for this wall time (90s, 8m, 1h30m) instead of epochs.")
     ] = None,
@@ -668,10 +748,14 @@ def pipeline_cmd(
     data_dir: DataDir = None,
     runs_dir: RunsDir = Path("runs"),
     exports_dir: ExportsDir = Path("exports"),
-    max_train_samples: Annotated[Optional[int], Opt(help="Train on at most N images.")] = None,
-    verify_samples: Annotated[Optional[int], Opt(help="Verify on N test images.")] = None,
+    max_train_samples: Annotated[
+        Optional[int], Opt(help="Train on at most N images.", min=1)
+    ] = None,
+    verify_samples: Annotated[Optional[int], Opt(help="Verify on N test images.", min=1)] = None,
     bench_batch_sizes: Annotated[str, Opt(help="Benchmark batch sizes.")] = "1,8,32,64",
-    bench_min_time: Annotated[float, Opt(help="Seconds per benchmark cell.")] = 0.5,
+    bench_min_time: Annotated[
+        float, Opt(help="Seconds per benchmark cell.", min=0, max=3600, callback=finite)
+    ] = 0.5,
     force: Annotated[bool, Opt(help="Redo every stage, even up-to-date ones.")] = False,
     json_out: JsonFlag = False,
 ):
@@ -759,10 +843,25 @@ def legacy_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 def main() -> None:
     """The ``cifar-deploy`` console script."""
+    from . import interrupts
+
+    # typer's usage error (it ships its own click); found by name, not by private import path
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    interrupts.install()  # SIGTERM stops work as Ctrl-C does: cleanups run, exit 130
     args, notes = legacy_args(sys.argv[1:])
     for note in notes:
         console.err.print(f"[yellow]warning:[/] {note}", highlight=False)
-    app(args=args, prog_name="cifar-deploy")
+    try:
+        code = app(args=args, prog_name="cifar-deploy", standalone_mode=False)
+    except usage_error as exc:  # a bad option value: one line, as every other error
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "cifar-deploy"
+        console.error(exc.format_message(), f"{where} --help lists the options")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

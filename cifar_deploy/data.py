@@ -381,7 +381,14 @@ def train_val_split(
         raise InvalidOptionError(
             f"validation split must be between 0 and 1 (exclusive), received {val_fraction}"
         )
-    val_idx = stratified_indices(y, int(round(len(y) * val_fraction)), seed)
+    count = int(round(len(y) * val_fraction))
+    if not 1 <= count < len(y):
+        raise InvalidOptionError(
+            f"{len(y)} training images with a validation split of {val_fraction:g} leave "
+            f"{count} for validation and {len(y) - count} for training; each needs at least one",
+            hint="train on more images (e.g. --max-train-samples 100)",
+        )
+    val_idx = stratified_indices(y, count, seed)
     mask = np.ones(len(y), dtype=bool)
     mask[val_idx] = False
     return (x[mask], y[mask]), (x[val_idx], y[val_idx])

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import interrupts
 from ..contract import library_versions
 from ..errors import CifarDeployError, ExportError, InvalidOptionError, one_line, unknown_name
 from ..tta import TTA_MODES
@@ -282,11 +283,14 @@ def run_export(
     target = target_path(fmt, source.model_name, quantization, out_dir, options)
     sidecar = sidecar_path(target)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
+    interrupts.remove_stale(out_dir, f".{target.name}")  # left by a killed earlier export
+    prefix = interrupts.scratch_prefix(f".{target.name}")
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
     started = time.perf_counter()
     placed = False
     try:
         produced = fmt.fn(source, staging, options, quantization)
+        interrupts.check()  # a Ctrl-C or SIGTERM the converter's native code swallowed
         if not produced.path.exists() or file_record(produced.path).size_bytes == 0:
             raise ExportError(f"{fmt.name} ({quantization}): the converter wrote nothing")
         measured = measured_quantization(produced.path, fmt.name)

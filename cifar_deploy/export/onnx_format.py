@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import interrupts
 from ..contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING
 from .base import (
     DEFAULT_OPSET,
@@ -69,6 +70,7 @@ def convert_float(source: ExportSource, opset: int):
 
     fn = source.serving_function()
     model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
+    interrupts.check()  # tf2onnx runs TensorFlow's graph optimizer natively
     graph = model.graph
     _rename_tensor(graph, graph.input[0].name, INPUT_NAME)
     _rename_tensor(graph, graph.output[0].name, OUTPUT_NAME)

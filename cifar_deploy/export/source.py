@@ -15,11 +15,13 @@ import zipfile
 from functools import cached_property
 from pathlib import Path
 
-from .. import _tf
+from .. import _tf, interrupts
 from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
 from ..errors import InvalidModelError, one_line
 from ..tta import check_tta, in_graph
 from .metadata import FileRecord, file_record
+
+SCRATCH_NAME = "cifar_deploy_sm"  # scratch SavedModels in the temp dir, for the converters
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +125,13 @@ class ExportSource:
         signature, written once and shared by every conversion from this source."""
         if batch not in self._savedmodels:
             if self._tmp is None:
-                self._tmp = Path(tempfile.mkdtemp(prefix="cifar_deploy_sm_"))
+                scratch = Path(tempfile.gettempdir())
+                interrupts.remove_stale(scratch, SCRATCH_NAME)  # left by killed exports
+                prefix = interrupts.scratch_prefix(SCRATCH_NAME)
+                self._tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
             name = "savedmodel" if batch is None else f"savedmodel_b{batch}"
             self._savedmodels[batch] = self.write_savedmodel(self._tmp / name, batch)
+            interrupts.check()
         return self._savedmodels[batch]
 
     @property

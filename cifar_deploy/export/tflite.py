@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _tf
+from .. import _tf, interrupts
 from ..contract import CLASS_NAMES, INPUT_NAME, MOBILE_INPUT_DTYPES
 from .base import (
     DEFAULT_IO_TYPE,
@@ -71,6 +71,7 @@ def export_tflite(
         converter.inference_output_type = tf.float32
     with _tf.quiet_native():  # the converter prints its quantization settings
         flatbuffer = converter.convert()
+    interrupts.check()  # the converter's native code can swallow a Ctrl-C
     # Embedded metadata and labels go in before the file is hashed: the sidecar covers them.
     metadata = build_metadata(source.model_name, quantization, list(CLASS_NAMES))
     shipped = embed(flatbuffer, metadata, list(CLASS_NAMES))

@@ -8,6 +8,7 @@ live next to its builder; every value can be overridden with :meth:`Recipe.with_
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,21 @@ class Recipe:
         def bad(what, value, expected):
             raise InvalidOptionError(f"{what} must be {expected}, received {value!r}")
 
+        numbers = {
+            "label smoothing": self.label_smoothing,
+            "MixUp alpha": self.mixup_alpha,
+            "weight decay": self.weight_decay,
+            "validation split": self.val_split,
+        }
+        for p in self.phases:
+            numbers.update({f"learning rate of phase {p.name!r}": p.lr})
+            numbers.update({f"final learning rate of phase {p.name!r}": p.final_lr})
+            numbers.update({f"warmup epochs of phase {p.name!r}": p.warmup_epochs})
+        for what, value in numbers.items():  # NaN passes every comparison below unnoticed
+            if value is not None and not math.isfinite(value):
+                bad(what, value, "a finite number")
+        if self.weight_decay < 0:
+            bad("weight decay", self.weight_decay, ">= 0")
         if self.batch_size < 1:
             bad("batch size", self.batch_size, "at least 1")
         if not 0.0 <= self.label_smoothing < 1.0:
