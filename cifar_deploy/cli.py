@@ -701,7 +701,9 @@ def serve_cmd(
             f"http://{host}:{port}/v2/models/{model_name}",
             highlight=False,
         )
-    uvicorn.Server(uvicorn_config(app_, host, port, limits, log_level="warning")).run()
+    server = uvicorn.Server(uvicorn_config(app_, host, port, limits, log_level="warning"))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it stopped on,
+        server.run()  # after its graceful shutdown: the server ended as asked, exit 0
 
 
 @app.command("predict")

@@ -32,7 +32,7 @@ class ServerLimits:
     header_timeout_s: float = 10.0  # seconds to send a request head after connecting or a reply
     body_timeout_s: float = 30.0  # seconds to send a whole request body
     max_connections: int = 1000  # open HTTP connections; the next one gets 503
-    max_buffered_bytes: int = 256 * 2**20  # bytes of request bodies held at once, all requests
+    max_buffered_bytes: int = 64 * 2**20  # bytes of request bodies held at once, all requests
     keep_alive_s: float = 5.0  # idle seconds between requests on a kept-alive connection
 
 
