@@ -81,7 +81,16 @@ class Server:
             resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
         self.process = subprocess.Popen(
-            [sys.executable, "-c", BOOT, str(root), "serve", str(artifact), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-c",
+                BOOT,
+                str(root),
+                "serve",
+                str(artifact),
+                "--port",
+                str(self.port),
+            ],
             stdout=self.log,
             stderr=self.log,
             preexec_fn=limit_files,
@@ -164,6 +173,7 @@ def image_bomb(server: Server) -> dict:
         "seconds": round(alone_s, 3),
         "ten_at_once_statuses": statuses,
         "health_check_beside_ten_s": round(health_s, 3),
+        "health_status": health.status_code,
         "rss_before_mb": round(base, 1),
         "rss_peak_mb": server.unwatch(),
     }
@@ -179,7 +189,7 @@ def stalled_uploads(server: Server, clients: int = 40) -> dict:
     sockets = []
     for _ in range(clients):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.settimeout(60)
+        s.settimeout(10)
         try:
             s.sendall(head + b" " * (size - 1))
         except OSError:
@@ -188,12 +198,16 @@ def stalled_uploads(server: Server, clients: int = 40) -> dict:
     time.sleep(2)
     held_mb = server.rss_mb() - base
     started = time.perf_counter()
+    deadline = time.monotonic() + 45  # seconds for all of them: past the 30 s body timeout
     answered = []
     for s in sockets:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            answered.append(s.recv(200).split(b"\r\n")[0].decode())
-        except (TimeoutError, OSError):
-            answered.append("no answer in 60 s")
+            answered.append(s.recv(200).split(b"\r\n")[0].decode() or "closed")
+        except TimeoutError:
+            answered.append("no answer in 45 s")
+        except OSError as exc:
+            answered.append(type(exc).__name__)
     waited = time.perf_counter() - started
     for s in sockets:
         s.close()
@@ -225,6 +239,12 @@ def idle_connections(server: Server, count: int = 1100) -> dict:
     health_s = time.perf_counter() - started
     time.sleep(5)
     log_growth = server.log_bytes() - log_before
+    time.sleep(6)  # past the 10 s head timeout: the idle ones should be gone
+    try:
+        later = requests.get(server.url + "/v2/health/live", timeout=10).status_code
+    except requests.RequestException as exc:
+        later = type(exc).__name__
+    closed = sum(1 for s in opened if _closed_by_server(s))
     for s in opened:
         s.close()
     return {
@@ -232,7 +252,21 @@ def idle_connections(server: Server, count: int = 1100) -> dict:
         "health_status": status,
         "health_s": round(health_s, 3),
         "log_bytes_in_6s": log_growth,
+        "closed_by_server_after_12s": closed,
+        "health_status_after_12s": later,
     }
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    """Whether the server answered (503) or closed the connection, rather than holding it."""
+    s.settimeout(0.001)
+    try:
+        s.recv(1, socket.MSG_PEEK)  # data (a 503) or b"" (closed): the server let it go
+        return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
 
 
 def unknown_paths(server: Server, count: int = 20_000) -> dict:
@@ -272,7 +306,18 @@ BAD_OPTIONS = [
     ["train", "cnn", "--epochs", "0", "--data-dir", "D"],
     ["train", "cnn", "--max-train-samples", "2", "--epochs", "1", "--data-dir", "D"],
     ["train", "cnn", "--weight-decay", "nan", "--epochs", "1", "--data-dir", "D"],
-    ["train", "cnn", "--lr", "nan", "--epochs", "1", "--max-train-samples", "100", "--data-dir", "D"],
+    [
+        "train",
+        "cnn",
+        "--lr",
+        "nan",
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "100",
+        "--data-dir",
+        "D",
+    ],
     ["export", "--format", "tflite", "--model", "M", "--out", "README.md"],
     ["verify", "A", "--json-out", "/no/such/dir/x.json"],
     ["bench", "A", "--min-time", "nan"],
@@ -332,7 +377,7 @@ def sidecar_cases(root: Path, artifact: Path, work: Path) -> dict:
     Image.new("RGB", (32, 32), (120, 40, 200)).save(image)
     record = json.loads(Path(str(artifact) + ".json").read_text())
     ok = 0
-    for case, (change, _) in MALFORMED_SIDECARS.items():
+    for change, _ in MALFORMED_SIDECARS.values():
         target = work / "sidecar_case" / artifact.name
         shutil.rmtree(target.parent, ignore_errors=True)
         target.parent.mkdir()

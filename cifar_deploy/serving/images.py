@@ -5,6 +5,7 @@ the top-k labels of a probability row. No web framework here: ``predict`` and th
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
@@ -24,7 +25,8 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise RequestError("the uploaded file is empty; expected a PNG or JPEG image")
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:  # the header only
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
             if img.format not in ("PNG", "JPEG"):
                 raise RequestError(f"expected a PNG or JPEG image, received {img.format}")
             width, height = img.size

@@ -79,6 +79,9 @@ FIXED_ENDPOINTS = frozenset(
     + ("/metrics",)
 )
 MODEL_SUFFIXES = ("", "/infer", "/ready", "/config")
+# Statuses sent before the whole body was read (too large, too slow, too much buffered): the
+# connection is closed after them, or the unread rest would be parsed as the next request.
+CLOSE_AFTER = frozenset({408, 413, 503})
 
 
 def _endpoint(path: str) -> tuple[str, str]:
@@ -141,6 +144,9 @@ class Observe:
         async def tracking_send(message):
             if message["type"] == "http.response.start":
                 state["status"], state["started"] = message["status"], True
+                if message["status"] in CLOSE_AFTER:  # the body may be partly unread: close
+                    headers = [*message.get("headers", []), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
             await send(message)
 
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
