@@ -234,3 +234,22 @@ def test_malformed_sidecars_through_the_cli_exit_2_with_one_line(tiny_exports, t
             result = _run_cli(*verb)
             assert result.returncode == 2, (case, verb[0], result.stderr[-1500:])
             _one_line_or_success(result, f"{case} ({verb[0]})")
+
+
+def test_non_utf8_tensor_names_are_one_line_in_predict_and_inspect(tiny_exports, tmp_path):
+    from typer.testing import CliRunner
+
+    from cifar_deploy.cli import app
+
+    data = bytearray(tiny_exports[("tflite", "none")].path.read_bytes())
+    at = data.find(b"serving_default_images")
+    assert at > 0
+    data[at : at + 4] = b"\xff\xfe\xfd\xfc"  # the input tensor's name is no longer UTF-8
+    bad = tmp_path / "bad.tflite"  # no sidecar: the file alone is read
+    bad.write_bytes(bytes(data))
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
+    for args in (["predict", str(bad), str(image)], ["inspect", str(bad)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args[0], result.output)
+        assert "UnicodeDecodeError" in result.output and "Traceback" not in result.output

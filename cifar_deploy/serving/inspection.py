@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _tf
 from ..contract import MOBILE_INPUT_DTYPES, batch_shape
-from ..errors import InvalidModelError, one_line
+from ..errors import CifarDeployError, InvalidModelError, one_line
 from ..export.tflite_metadata import read_metadata
 
 # Operators that only move data between int8 and the float edges of a quantized model.
@@ -193,8 +193,19 @@ def native_latency(path: Path, threads: int) -> float | None:
 
 
 def inspect_tflite(path: Path, threads: int = 1, latency: bool = True) -> Inspection:
-    """Everything above for one ``.tflite`` file; a file that is no TFLite model raises."""
-    path = Path(path)
+    """Everything above for one ``.tflite`` file; a file that is no TFLite model, or a damaged
+    one that LiteRT half-reads, raises :class:`InvalidModelError` in one line."""
+    try:
+        return _inspect(Path(path), threads, latency)
+    except CifarDeployError:
+        raise
+    except Exception as exc:
+        raise InvalidModelError(
+            f"{path}: a damaged TFLite model ({one_line(exc, with_type=True)})"
+        ) from None
+
+
+def _inspect(path: Path, threads: int, latency: bool) -> Inspection:
     if not path.is_file():
         raise InvalidModelError(f"{path}: no such file; expected a .tflite model")
     data = path.read_bytes()
