@@ -10,7 +10,8 @@ perf_analyzer's own requests/s and p50/p99 latencies are quoted. The peers come 
 and every server started is stopped.
 
     python benchmarks/serve_peers.py exports/cnn/cnn_int8.tflite [--peers /tmp/peers-env]
-        [--concurrency 1,8,32] [--rounds 2] [--measure-ms 5000] [--json-out FILE]
+        [--concurrency 1,8,32] [--rounds 2] [--measure-ms 5000] [--protocol http|grpc]
+        [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def input_dtype(artifact: Path) -> str:
     return json.loads(Path(f"{artifact}.json").read_text())["input"]["dtype"]
 
 
-def start_ours(args, work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start_ours(args, work: Path) -> tuple[subprocess.Popen, dict]:
+    port, grpc_port = free_port(), free_port()
     cmd = [
         str(REPO / ".venv/bin/cifar-deploy"),
         "serve",
@@ -122,12 +123,15 @@ def start_ours(args, work: Path) -> tuple[subprocess.Popen, int]:
         str(args.delay_ms),
         "--name",
         MODEL,
+        "--grpc-port",
+        str(grpc_port),
     ]
     log = open(work / "ours.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return proc, {"http": port, "grpc": grpc_port}
 
 
-def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, int]:
+def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, dict]:
     """Triton on the repository `export --format triton-python` writes, holding this very
     TFLite file; its python stub gets the peers venv's numpy (< 2) and ai-edge-litert."""
     from cifar_deploy.export.triton_python import config_pbtxt, model_py
@@ -156,10 +160,10 @@ def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, int]:
     log = open(work / "triton.log", "w")
     env = {**os.environ, "CIFAR_DEPLOY_PYTHON_PATH": site}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return proc, port
+    return proc, {"http": port, "grpc": grpc_port}
 
 
-def start_kserve(args, work: Path) -> tuple[subprocess.Popen, int]:
+def start_kserve(args, work: Path) -> tuple[subprocess.Popen, dict]:
     port, grpc_port = free_port(), free_port()
     script = work / "kserve_server.py"
     tflite = str(Path(args.artifact).resolve())
@@ -170,19 +174,20 @@ def start_kserve(args, work: Path) -> tuple[subprocess.Popen, int]:
     )
     log = open(work / "kserve.log", "w")
     python = str(args.peers / "venv/bin/python")
-    return subprocess.Popen([python, str(script)], stdout=log, stderr=subprocess.STDOUT), port
+    proc = subprocess.Popen([python, str(script)], stdout=log, stderr=subprocess.STDOUT)
+    return proc, {"http": port, "grpc": grpc_port}
 
 
-def perf_analyzer(args, port: int, concurrency: int, work: Path, tag: str) -> dict:
-    out = work / f"pa_{tag}_{concurrency}.csv"
+def perf_analyzer(args, ports: dict, concurrency: int, work: Path, tag: str) -> dict:
+    out = work / f"pa_{tag}_{args.protocol}_{concurrency}.csv"
     cmd = [
         str(args.peers / "pa/perf_analyzer"),
         "-m",
         MODEL,
         "-u",
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{ports[args.protocol]}",
         "-i",
-        "http",
+        args.protocol,
         "--concurrency-range",
         f"{concurrency}:{concurrency}",
         "--shape",
@@ -230,6 +235,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=2.0)
     parser.add_argument("--servers", default="cifar-deploy,triton,kserve")
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if not (args.peers / "pa/perf_analyzer").exists():
@@ -257,11 +263,11 @@ def main() -> None:
         for r in range(args.rounds):
             order = servers if r % 2 == 0 else servers[::-1]
             for server in order:
-                proc, port = starters[server](work)
+                proc, ports = starters[server](work)
                 try:
-                    wait_ready(port, proc, server)
+                    wait_ready(ports["http"], proc, server)
                     for c in levels:
-                        figures = perf_analyzer(args, port, c, work, server)
+                        figures = perf_analyzer(args, ports, c, work, server)
                         results.append(
                             {"round": r + 1, "server": server, "concurrency": c, **figures}
                         )
@@ -270,7 +276,7 @@ def main() -> None:
                     stop(proc)
     print(
         f"\n{cpu_name()}, {os.cpu_count()} cores; {args.artifact.name}, LiteRT {args.threads} "
-        f"threads; perf_analyzer over HTTP, single-image binary requests; "
+        f"threads; perf_analyzer over {args.protocol}, single-image binary requests; "
         f"{args.rounds} rounds (min-max)\n"
     )
     print("| concurrency | " + " | ".join(servers) + " |")

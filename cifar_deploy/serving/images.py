@@ -25,8 +25,10 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise RequestError("the uploaded file is empty; expected a PNG or JPEG image")
     try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:  # the header only
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            img = Image.open(io.BytesIO(data))  # reads the header only
+        with img:
             if img.format not in ("PNG", "JPEG"):
                 raise RequestError(f"expected a PNG or JPEG image, received {img.format}")
             width, height = img.size
