@@ -24,14 +24,17 @@ from .metadata import float_input, prob_output
 from .onnx_format import OPSET, export_onnx
 from .source import ExportSource
 
+# A Triton model configuration, as both repository kinds write it: the runtime line (an ONNX
+# Runtime platform or the python backend), the one input and output of the contract, dynamic
+# batching, one instance, and any parameters.
 CONFIG_TEMPLATE = """\
 name: "{name}"
-platform: "onnxruntime_onnx"
+{runtime}
 max_batch_size: {max_batch_size}
 input [
   {{
     name: "{input}"
-    data_type: TYPE_FP32
+    data_type: {input_type}
     dims: [ {input_dims} ]
   }}
 ]
@@ -43,30 +46,51 @@ output [
   }}
 ]
 dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {delay_us}
+{preferred}  max_queue_delay_microseconds: {delay_us}
 }}
 instance_group [
   {{
     count: 1
-    kind: KIND_AUTO
+    kind: {kind}
   }}
 ]
-"""
+{parameters}"""
+
+
+def model_config_text(
+    name: str,
+    runtime: str,
+    max_batch_size: int,
+    delay_us: int,
+    input_type: str = "TYPE_FP32",
+    preferred: tuple[int, ...] = (),
+    kind: str = "KIND_AUTO",
+    parameters: str = "",
+) -> str:
+    """``config.pbtxt`` text for ``name`` (``runtime``: its ``platform:`` or ``backend:`` line;
+    ``parameters``: extra top-level blocks)."""
+    return CONFIG_TEMPLATE.format(
+        name=name,
+        runtime=runtime,
+        max_batch_size=max_batch_size,
+        input=INPUT_NAME,
+        input_type=input_type,
+        input_dims=", ".join(map(str, INPUT_SHAPE)),
+        output=OUTPUT_NAME,
+        classes=NUM_CLASSES,
+        preferred=f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+        if preferred
+        else "",
+        delay_us=delay_us,
+        kind=kind,
+        parameters=parameters,
+    )
 
 
 def config_pbtxt(name: str, max_batch_size: int, delay_us: int = 2000) -> str:
-    preferred = sorted({b for b in (8, 32, max_batch_size) if b <= max_batch_size})
-    return CONFIG_TEMPLATE.format(
-        name=name,
-        max_batch_size=max_batch_size,
-        input=INPUT_NAME,
-        output=OUTPUT_NAME,
-        input_dims=", ".join(map(str, INPUT_SHAPE)),
-        classes=NUM_CLASSES,
-        preferred=", ".join(map(str, preferred)),
-        delay_us=delay_us,
-    )
+    preferred = tuple(sorted({b for b in (8, 32, max_batch_size) if b <= max_batch_size}))
+    runtime = 'platform: "onnxruntime_onnx"'
+    return model_config_text(name, runtime, max_batch_size, delay_us, preferred=preferred)
 
 
 def export_triton(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from ..contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
 from .base import (
     DEFAULT_MAX_BATCH_SIZE,
     ExportFormat,
@@ -27,36 +27,11 @@ from .base import (
 )
 from .source import ExportSource
 from .tflite import export_tflite
+from .triton import model_config_text
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "float32": "TYPE_FP32"}
 
-CONFIG_TEMPLATE = """\
-name: "{name}"
-backend: "python"
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{input}"
-    data_type: {input_type}
-    dims: [ {input_dims} ]
-  }}
-]
-output [
-  {{
-    name: "{output}"
-    data_type: TYPE_FP32
-    dims: [ {classes} ]
-  }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: {delay_us}
-}}
-instance_group [
-  {{
-    count: 1
-    kind: KIND_CPU
-  }}
-]
+THREADS_PARAMETER = """\
 parameters {{
   key: "num_threads"
   value: {{ string_value: "{threads}" }}
@@ -121,16 +96,14 @@ def config_pbtxt(
     name: str, input_dtype: str, max_batch_size: int, delay_us: int = 2000, threads: int = 0
 ) -> str:
     """The repository's ``config.pbtxt``; ``threads`` 0: LiteRT uses every core."""
-    return CONFIG_TEMPLATE.format(
-        name=name,
-        max_batch_size=max_batch_size,
-        input=INPUT_NAME,
+    return model_config_text(
+        name,
+        'backend: "python"',
+        max_batch_size,
+        delay_us,
         input_type=TRITON_TYPES[input_dtype],
-        input_dims=", ".join(map(str, INPUT_SHAPE)),
-        output=OUTPUT_NAME,
-        classes=NUM_CLASSES,
-        delay_us=delay_us,
-        threads=threads,
+        kind="KIND_CPU",
+        parameters=THREADS_PARAMETER.format(threads=threads),
     )
 
 
