@@ -31,7 +31,6 @@ from .limits import BodyBudget, ServerLimits, quiet_loop_errors
 from .protocol import (
     HEADER_LENGTH,
     MODEL_VERSION,
-    check_outputs,
     encode_infer_response,
     model_config,
     model_metadata,
@@ -275,7 +274,6 @@ class Repository:
             body = await self.body.read(receive)
             length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
             req, images = parse_infer_request(body, None if length is None else length.decode())
-            check_outputs(req)
         except RequestError as exc:
             return await _send_bytes(send, exc.status, _error_body(exc.message), "application/json")
         probs = await model.batcher.submit(images)
@@ -414,11 +412,9 @@ def load_repository(
     path: Path, device: str = "cpu", threads: int | None = None
 ) -> tuple[dict[str, Predictor], dict[str, str]]:
     """({name: predictor}, {name: why it is skipped}) for every artifact under ``path`` (see
-    :func:`repository_artifacts`). Each is loaded and runs one image before it counts as
-    served; one that fails is reported and skipped, and the others serve."""
-    import numpy as np
-
-    from ..contract import batch_shape
+    :func:`repository_artifacts`). Each is loaded, which includes answering a probe batch (see
+    :func:`~.runtimes.load_predictor`), before it counts as served; one that fails is reported
+    and skipped, and the others serve."""
     from ..errors import one_line
     from .artifacts import load_metadata, repository_artifacts, served_name
     from .runtimes import load_predictor
@@ -431,7 +427,6 @@ def load_repository(
             metadata = load_metadata(artifact)
             name = served_name(artifact, metadata)
             predictor = load_predictor(artifact, device, threads, metadata)
-            predictor.predict(np.zeros(batch_shape(1), np.uint8))
         except Exception as exc:  # a bad artifact is reported and skipped, not fatal
             skipped[name] = one_line(exc)
             continue
