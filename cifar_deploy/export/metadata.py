@@ -23,7 +23,7 @@ from ..contract import (
     PREPROCESSING,
     batch_shape,
 )
-from ..errors import DataFormatError, one_line
+from ..errors import DataFormatError, InvalidModelError, one_line
 
 SCHEMA_VERSION = 1
 SIDECAR_SUFFIX = ".json"
@@ -209,6 +209,14 @@ def _artifact_entries(directory: Path) -> list[Path]:
 
 def _artifact_files(directory: Path) -> list[Path]:
     return [p for p in _artifact_entries(directory) if p.is_file()]
+
+
+def repository_file(repo: Path, name: str) -> Path:
+    """``<repo>/<model>/<version>/<name>`` of a Triton repository (the highest version)."""
+    found = sorted(Path(repo).glob(f"*/[0-9]*/{name}"))
+    if not found:
+        raise InvalidModelError(f"{repo}: no <model>/<version>/{name} inside")
+    return found[-1]
 
 
 def sha256_of(path: Path) -> str:

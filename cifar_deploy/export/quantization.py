@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import _tf
+from .metadata import repository_file
 
 
 def _tflite(path: Path) -> str:
@@ -43,19 +44,12 @@ def _onnx(path: Path) -> str:
     return "float16" if "FLOAT16" in types else "none"
 
 
-def _model_file(directory: Path, name: str) -> Path | None:
-    found = sorted(Path(directory).glob(f"*/[0-9]*/{name}"))
-    return found[-1] if found else None
-
-
 def _triton(path: Path) -> str:
-    model = _model_file(path, "model.onnx")
-    return _onnx(model) if model else "none"
+    return _onnx(repository_file(path, "model.onnx"))
 
 
 def _triton_python(path: Path) -> str:
-    model = _model_file(path, "model.tflite")
-    return _tflite(model) if model else "none"
+    return _tflite(repository_file(path, "model.tflite"))
 
 
 # Artifact format -> how its quantization is read from the file (formats not listed hold the

@@ -23,7 +23,7 @@ from ..errors import (
     InvalidOptionError,
     one_line,
 )
-from ..export.metadata import Metadata
+from ..export.metadata import Metadata, repository_file
 from .artifacts import load_metadata
 
 DEVICES = ("cpu", "gpu")
@@ -185,14 +185,6 @@ class TFLitePredictor(Predictor):
         self._it.set_tensor(self._in["index"], self._quantize(batch))
         self._it.invoke()
         return self._it.get_tensor(self._out)  # get_tensor returns a copy
-
-
-def repository_file(repo: Path, name: str) -> Path:
-    """``<repo>/<model>/<version>/<name>`` of a Triton repository (the highest version)."""
-    found = sorted(Path(repo).glob(f"*/[0-9]*/{name}"))
-    if not found:
-        raise InvalidModelError(f"{repo}: no <model>/<version>/{name} inside")
-    return found[-1]
 
 
 class TritonPythonPredictor(TFLitePredictor):
