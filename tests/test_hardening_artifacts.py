@@ -253,3 +253,14 @@ def test_non_utf8_tensor_names_are_one_line_in_predict_and_inspect(tiny_exports,
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args[0], result.output)
         assert "UnicodeDecodeError" in result.output and "Traceback" not in result.output
+
+
+def test_the_sidecar_schema_names_exactly_the_format_tables_formats_and_quantizations():
+    from cifar_deploy.export import export_formats
+    from cifar_deploy.export.metadata import QUANTIZATIONS, SIDECAR_FORMATS
+    from cifar_deploy.serving import PREDICTORS
+
+    formats = export_formats()
+    assert set(SIDECAR_FORMATS) == {f.name for f in formats}
+    assert set(QUANTIZATIONS) == {q for f in formats for q in f.quantizations}
+    assert set(SIDECAR_FORMATS) <= set(PREDICTORS)  # every sidecar format has a runtime

@@ -104,6 +104,8 @@ class Metadata:
         )
 
 
+# The format table's names and quantizations, spelled here so that reading a sidecar does not
+# import every converter module (the table imports onnx); a test keeps them equal to the table.
 SIDECAR_FORMATS = ("savedmodel", "tflite", "onnx", "triton", "triton-python")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
