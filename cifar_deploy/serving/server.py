@@ -73,32 +73,39 @@ def _metrics():
     return registry, {"requests": requests, "latency": latency, "batch": batch, "queue": queue}
 
 
-FIXED_ENDPOINTS = frozenset(
-    ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/v1/classify")
-    + ("/metrics",)
-)
-MODEL_SUFFIXES = ("", "/infer", "/ready", "/config")
+MODEL_ROUTE = "/v2/models/{model_name}"
 # Statuses sent before the whole body was read (too large, too slow, too much buffered): the
 # connection is closed after them, or the unread rest would be parsed as the next request.
 CLOSE_AFTER = frozenset({408, 413, 503})
 
 
-def _endpoint(path: str) -> tuple[str, str]:
-    """(metric label for a path, the model name in it or ""): the route template, with names
-    and versions folded into ``{name}`` and ``{version}``, and every path no route matches in
-    one ``unmatched`` label, so no request can add a label of its own choosing."""
-    if path in FIXED_ENDPOINTS:
-        return path, ""
-    parts = path.split("/")  # "", "v2", "models", name, ["versions", v,] [suffix]
-    if len(parts) < 4 or parts[1:3] != ["v2", "models"] or not parts[3]:
-        return "unmatched", ""
-    template, rest = "/v2/models/{name}", parts[4:]
-    if rest[:1] == ["versions"] and len(rest) >= 2:
-        template, rest = template + "/versions/{version}", rest[2:]
-    suffix = "/" + "/".join(rest) if rest else ""
-    if suffix not in MODEL_SUFFIXES:
-        return "unmatched", ""
-    return template + suffix, parts[3]
+class RouteLabels:
+    """Metric labels from the application's own route table: a path is labelled with its route
+    template, names and versions folded into ``{name}`` and ``{version}``, and every path no
+    route matches shares one ``unmatched`` label, so no request can add a label of its own
+    choosing."""
+
+    def __init__(self, paths):
+        paths = list(paths)
+        self.fixed = frozenset(p for p in paths if "{" not in p)
+        tails = {p[len(MODEL_ROUTE) :] for p in paths if p.startswith(MODEL_ROUTE)}
+        # The model routes' own tails, and /infer, which Observe hands over before routing.
+        self.suffixes = frozenset(t for t in tails if not t.startswith("/versions")) | {"/infer"}
+
+    def __call__(self, path: str) -> tuple[str, str]:
+        """(metric label for a path, the model name in it or "")."""
+        if path in self.fixed:
+            return path, ""
+        parts = path.split("/")  # "", "v2", "models", name, ["versions", v,] [suffix]
+        if len(parts) < 4 or parts[1:3] != ["v2", "models"] or not parts[3]:
+            return "unmatched", ""
+        template, rest = "/v2/models/{name}", parts[4:]
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            template, rest = template + "/versions/{version}", rest[2:]
+        suffix = "/" + "/".join(rest) if rest else ""
+        if suffix not in self.suffixes:
+            return "unmatched", ""
+        return template + suffix, parts[3]
 
 
 def _infer_target(scope) -> tuple[str, str | None] | None:
@@ -130,6 +137,7 @@ class Observe:
     def __init__(self, app, metrics: dict, repository: Repository):
         self.app, self.m, self.repository = app, metrics, repository
         self.limit = repository.limit
+        self.label = RouteLabels(path for path, _, _ in repository.routes())
 
     async def _json(self, send, status: int, message: str) -> None:
         await _send_bytes(send, status, _error_body(message), "application/json")
@@ -164,7 +172,7 @@ class Observe:
             if not state["started"]:
                 await self._json(tracking_send, 500, f"internal error: {type(exc).__name__}")
         finally:
-            endpoint, name = _endpoint(scope["path"])
+            endpoint, name = self.label(scope["path"])
             model = name if name in self.repository.models else ""  # labels stay bounded
             self.m["requests"].labels(endpoint, model, str(state["status"])).inc()
             self.m["latency"].labels(endpoint, model).observe(time.perf_counter() - started)
@@ -319,11 +327,8 @@ class Repository:
             ("/v2/health/ready", self.ready, "GET"),
             ("/v2", self.server_metadata, "GET"),
             ("/v2/repository/index", self.index, "POST"),
-            *[(f"/v2/models/{{model_name}}{tail}", h, "GET") for tail, h in per_model],
-            *[
-                (f"/v2/models/{{model_name}}/versions/{{version}}{tail}", h, "GET")
-                for tail, h in per_model
-            ],
+            *[(f"{MODEL_ROUTE}{tail}", h, "GET") for tail, h in per_model],
+            *[(f"{MODEL_ROUTE}/versions/{{version}}{tail}", h, "GET") for tail, h in per_model],
             ("/v1/classify", self.classify, "POST"),
             ("/metrics", self.metrics, "GET"),
         ]
