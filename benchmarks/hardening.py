@@ -16,11 +16,9 @@ traceback (and, for the server, a 4xx and no freeze).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import pickle
-import platform
 import resource
 import shutil
 import socket
@@ -38,6 +36,13 @@ import requests
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the tests' hostile inputs, reused as they are
+
+from serve_peers import cpu_name, free_port  # noqa: E402
+
+from tests.test_hardening_artifacts import MALFORMED_SIDECARS, _malformed  # noqa: E402
+from tests.test_hardening_requests import MALFORMED  # noqa: E402
+from tests.test_hardening_server import bomb_jpeg  # noqa: E402
 
 # Runs the CLI of the checkout at ROOT (argv[1]) even though this venv has an editable install
 # of another checkout: that install's import finder is dropped first.
@@ -61,12 +66,6 @@ def cli(root: Path, *args: str, timeout: float = 300, **kwargs) -> subprocess.Co
 def held(result: subprocess.CompletedProcess) -> bool:
     """Exit 0 or 2, no traceback."""
     return result.returncode in (0, 2) and "Traceback" not in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -139,15 +138,6 @@ class Server:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def bomb_jpeg(size: int = 12_000) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "JPEG")
-    data = bytearray(buffer.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = size.to_bytes(2, "big") * 2
-    return bytes(data)
 
 
 def image_bomb(server: Server) -> dict:
@@ -283,9 +273,6 @@ def unknown_paths(server: Server, count: int = 20_000) -> dict:
 
 
 def malformed_requests(server: Server) -> dict:
-    sys.path.insert(0, str(HERE.parent))
-    from tests.test_hardening_requests import MALFORMED
-
     statuses = {}
     for case, body in MALFORMED.items():
         body = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -374,9 +361,6 @@ def data_cases(root: Path, data: Path, work: Path) -> dict:
 
 
 def sidecar_cases(root: Path, artifact: Path, work: Path) -> dict:
-    sys.path.insert(0, str(HERE.parent))
-    from tests.test_hardening_artifacts import MALFORMED_SIDECARS, _malformed
-
     image = work / "image.png"
     Image.new("RGB", (32, 32), (120, 40, 200)).save(image)
     record = json.loads(Path(str(artifact) + ".json").read_text())
@@ -401,15 +385,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     root, artifact = args.root.resolve(), args.artifact.resolve()
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     figures: dict = {"root": str(root), "cpu": cpu, "cores": os.cpu_count()}
     for name, case in [
         ("image_bomb", image_bomb),

@@ -95,7 +95,7 @@ def output_file(value: Path | None) -> Path | None:
 
     if value is None:
         return None
-    parent = value.parent if str(value.parent) else Path(".")
+    parent = value.parent  # Path("x").parent is Path(".")
     if value.is_dir():
         raise typer.BadParameter(f"{value} is a directory; expected a file path")
     if not parent.is_dir():
