@@ -116,7 +116,6 @@ def test_a_lone_request_is_dispatched_without_waiting_for_the_queue_delay():
 
 def test_the_batcher_waits_only_when_requests_arrive_closer_than_the_delay():
     batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay_ms=2)
-    batcher._queue = asyncio.Queue()
     assert not batcher.worth_waiting()  # no traffic yet
     for t in (0.0, 0.010, 0.020, 0.030):  # one request every 10 ms: 5x the delay
         batcher._arrived(t)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -283,11 +282,9 @@ def encode_infer_response(request: dict, name: str, probs: np.ndarray) -> Encode
         (o.get("parameters") or {}).get("binary_data") for o in wanted
     )
     output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
-    head = {
-        "model_name": name,
-        "model_version": MODEL_VERSION,
-        "id": str(request.get("id") or uuid.uuid4()),
-    }
+    head = {"model_name": name, "model_version": MODEL_VERSION}
+    if request.get("id"):  # echoed when given; absent otherwise, as Triton answers
+        head["id"] = request["id"]
     if not binary:
         body = {**head, "outputs": [{**output, "data": probs.reshape(-1).tolist()}]}
         return Encoded(json.dumps(body).encode(), "application/json")

@@ -129,15 +129,22 @@ async def _send_bytes(send, status: int, body: bytes, content_type: str, headers
 
 
 class Observe:
-    """Pure ASGI middleware (Starlette's ``@app.middleware("http")`` costs a task and a stream
-    copy per request): the payload limit from Content-Length, inference requests handed to the
-    repository's raw handler (the hot path, before the framework's routing), a JSON 500 instead
-    of a bare error page, and request, latency and queue metrics per model."""
+    """The application uvicorn runs, outside the framework (whose middleware stack costs
+    several layers per request, each wrapping ``send``): the payload limit from
+    Content-Length, inference requests handed to the repository's raw handler (the hot path,
+    before the framework sees them), a JSON 500 instead of a bare error page, and request,
+    latency and queue metrics per model. Everything else goes to the FastAPI ``app``;
+    ``state`` is that app's."""
 
     def __init__(self, app, metrics: dict, repository: Repository):
         self.app, self.m, self.repository = app, metrics, repository
         self.limit = repository.limit
         self.label = RouteLabels(path for path, _, _ in repository.routes())
+        self._children: dict[tuple, object] = {}
+
+    @property
+    def state(self):
+        return self.app.state
 
     async def _json(self, send, status: int, message: str) -> None:
         await _send_bytes(send, status, _error_body(message), "application/json")
@@ -174,11 +181,20 @@ class Observe:
         finally:
             endpoint, name = self.label(scope["path"])
             model = name if name in self.repository.models else ""  # labels stay bounded
-            self.m["requests"].labels(endpoint, model, str(state["status"])).inc()
-            self.m["latency"].labels(endpoint, model).observe(time.perf_counter() - started)
+            self._child("requests", endpoint, model, str(state["status"])).inc()
+            self._child("latency", endpoint, model).observe(time.perf_counter() - started)
             if model:
                 depth = self.repository.models[model].batcher.queue_depth
-                self.m["queue"].labels(model).set(depth)
+                self._child("queue", model).set(depth)
+
+    def _child(self, metric: str, *labels: str):
+        """``self.m[metric].labels(*labels)``, looked up once per label set (the labels are
+        bounded: route templates, served models and HTTP statuses)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.m[metric].labels(*labels)
+        return child
 
 
 def _error_body(message: str) -> bytes:
@@ -347,6 +363,10 @@ def _add_error_handlers(app) -> None:
     async def invalid(request, exc):
         return _error(422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}")
 
+    async def internal(request, exc):  # the framework re-raises it; Observe logs it
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(Exception, internal)
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -406,11 +426,10 @@ def create_app(
 
     app = FastAPI(title="cifar-deploy", lifespan=lifespan)
     app.state.repository = repository
-    app.add_middleware(Observe, metrics=m, repository=repository)
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
-    return app
+    return Observe(app, m, repository)
 
 
 def load_repository(

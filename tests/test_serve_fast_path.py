@@ -1,0 +1,175 @@
+"""Specification of the serving hot path's economies (issue #13): a response leaves in one
+write, a response carries an id only when the request gave one, the framework is bypassed for
+inference but its routes still answer errors as JSON, and the batcher keeps its contract
+without a task per request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import requests
+
+from cifar_deploy.serving import load_predictor
+from cifar_deploy.serving.batcher import DynamicBatcher
+from cifar_deploy.serving.limits import OneWriteResponses
+from cifar_deploy.serving.server import create_app
+from tests.helpers import serving
+
+
+class RecordingTransport:
+    def __init__(self):
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 1234) if name == "peername" else None
+
+
+def test_the_response_head_and_body_leave_in_one_write():
+    async def main():
+        transport = RecordingTransport()
+        wrapped = OneWriteResponses(transport)
+        wrapped.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+        assert transport.writes == []  # the head waits for the body
+        wrapped.write(b"body")
+        await asyncio.sleep(0)  # the scheduled flush finds nothing left
+        return transport.writes
+
+    assert asyncio.run(main()) == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"]
+
+
+def test_a_head_without_body_is_flushed_on_the_next_turn_or_at_close():
+    async def main():
+        late, closing = RecordingTransport(), RecordingTransport()
+        OneWriteResponses(late).write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        wrapped = OneWriteResponses(closing)
+        wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        wrapped.close()  # flushed before the close, not lost
+        flushed_at_close = list(closing.writes)
+        await asyncio.sleep(0)
+        return late.writes, flushed_at_close, closing.closed
+
+    late, flushed_at_close, closed = asyncio.run(main())
+    assert late == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    assert flushed_at_close == [b"HTTP/1.1 200 OK\r\n\r\n"] and closed
+
+
+def test_other_transport_calls_pass_through():
+    transport = RecordingTransport()
+    assert OneWriteResponses(transport).get_extra_info("peername") == ("127.0.0.1", 1234)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx):
+    with serving(create_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)) as address:
+        yield address
+
+
+def _infer(server: str, **extra) -> dict:
+    body = {
+        "inputs": [
+            {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [7] * 3072}
+        ],
+        **extra,
+    }
+    reply = requests.post(f"http://{server}/v2/models/cnn/infer", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_the_response_echoes_the_request_id_and_has_none_when_none_was_given(server):
+    assert _infer(server, id="req-42")["id"] == "req-42"
+    assert "id" not in _infer(server)
+
+
+def test_responses_name_no_server_software(server):
+    reply = requests.get(f"http://{server}/v2/health/ready", timeout=10)
+    assert reply.status_code == 200 and "server" not in reply.headers
+    assert "date" in reply.headers  # HTTP/1.1 wants one
+
+
+def test_an_unexpected_error_in_a_framework_route_is_a_json_500(tiny_onnx, caplog):
+    app = create_app(load_predictor(tiny_onnx), "cnn")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    app.state.repository.model_metadata = broken
+    with serving(app) as address:
+        reply = requests.get(f"http://{address}/v2/models/cnn", timeout=10)
+        assert reply.status_code == 500
+        assert reply.json() == {"error": "internal error: RuntimeError"}
+        # and the server keeps serving
+        assert requests.get(f"http://{address}/v2/health/live", timeout=10).json() == {"live": True}
+    assert "RuntimeError: boom" in caplog.text  # logged with its traceback
+
+
+def test_the_batcher_keeps_a_request_that_does_not_fit_first_in_the_next_batch():
+    seen = []
+
+    def predict(x):
+        seen.append([int(v) for v in x[:, 0, 0, 0]])
+        return np.zeros((len(x), 10), np.float32)
+
+    async def main():
+        batcher = DynamicBatcher(predict, max_batch_size=4, max_queue_delay_ms=50)
+        batcher.start()
+        sizes = [3, 2, 1]  # 3 + 2 > 4: the 2-row request waits, and leads the next batch
+        rows = [np.full((n, 32, 32, 3), i, np.uint8) for i, n in enumerate(sizes)]
+        outs = await asyncio.gather(*(batcher.submit(r) for r in rows))
+        await batcher.stop()
+        return [len(o) for o in outs]
+
+    assert asyncio.run(main()) == [3, 2, 1]
+    assert seen == [[0, 0, 0], [1, 1, 2]]
+
+
+def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_still_runs():
+    calls = []
+
+    def predict(x):
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise ValueError("runtime fell over")
+        return np.ones((len(x), 10), np.float32)
+
+    async def main():
+        batcher = DynamicBatcher(predict, max_batch_size=8, max_queue_delay_ms=0)
+        batcher.start()
+        first = await asyncio.gather(
+            batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)), return_exceptions=True
+        )
+        second = await batcher.submit(np.zeros((2, 32, 32, 3), np.uint8))
+        await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert isinstance(first[0], ValueError) and str(first[0]) == "runtime fell over"
+    assert second.shape == (2, 10) and (second == 1).all()
+
+
+def test_metrics_count_each_request_once_per_label_set(server):
+    before = requests.get(f"http://{server}/metrics", timeout=10).text
+    for _ in range(3):
+        _infer(server)
+    after = requests.get(f"http://{server}/metrics", timeout=10).text
+
+    def count(text: str) -> float:
+        key = 'cifar_requests_total{endpoint="/v2/models/{name}/infer",model="cnn",status="200"}'
+        for line in text.splitlines():
+            if line.startswith(key):
+                return float(line.split()[-1])
+        return 0.0
+
+    assert count(after) - count(before) == 3
