@@ -37,12 +37,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "cnn"
 
-# A KServe ModelServer with the same LiteRT model (KServe has no dynamic batching).
+# A KServe ModelServer with the same LiteRT model (KServe has no dynamic batching). perf_analyzer
+# first asks for Triton's model configuration, which KServe does not serve; the script adds that
+# one read-only answer (REST GET .../config and the gRPC ModelConfig method, describing the
+# model's input and output, no batching) beside KServe's own endpoints, and leaves KServe's
+# inference path as it is.
 KSERVE_SERVER = """\
 import argparse
+import uuid
+import grpc
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+from kserve.model_server import app as rest_app
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+CONFIG = {config!r}
+# The gRPC ModelConfigResponse, serialized by the caller with tritonclient's messages (importing
+# those here would clash with KServe's own copy of the inference protos).
+CONFIG_RESPONSE = {config_response!r}
+
+
+@rest_app.get("/v2/models/{{model}}/config")
+async def model_config(model: str):
+    return CONFIG
+
+
+async def grpc_model_config(request, context):
+    return CONFIG_RESPONSE
+
+
+_add = grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
+
+
+def add_with_model_config(servicer, server):
+    _add(servicer, server)
+    handler = grpc.unary_unary_rpc_method_handler(
+        grpc_model_config, request_deserializer=bytes, response_serializer=bytes
+    )
+    service = "inference.GRPCInferenceService"
+    generic = grpc.method_handlers_generic_handler(service, {{"ModelConfig": handler}})
+    server.add_generic_rpc_handlers((generic,))
+
+
+grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server = add_with_model_config
 
 
 class Cnn(Model):
@@ -53,6 +91,12 @@ class Cnn(Model):
         self.out = self.it.get_output_details()[0]
         self.batch = None
         self.ready = True
+
+    def get_input_types(self):
+        return [{{"name": "images", "datatype": {input_datatype!r}, "shape": [-1, 32, 32, 3]}}]
+
+    def get_output_types(self):
+        return [{{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}}]
 
     def predict(self, payload: InferRequest, headers=None, response_headers=None):
         x = payload.inputs[0].as_numpy()
@@ -65,7 +109,13 @@ class Cnn(Model):
         probs = self.it.get_tensor(self.out["index"]).astype(np.float32)
         out = InferOutput(name="probabilities", shape=list(probs.shape), datatype="FP32")
         out.set_data_from_numpy(probs, binary_data=True)
-        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id)
+        return InferResponse(
+            model_name=self.name,
+            infer_outputs=[out],
+            response_id=payload.id or str(uuid.uuid4()),  # KServe's REST response needs one
+            use_binary_outputs=payload.use_binary_outputs,  # what the client asked for
+            requested_outputs=payload.request_outputs,
+        )
 
 
 ModelServer(http_port={port}, grpc_port={grpc_port}, workers=1).start([Cnn()])
@@ -163,13 +213,41 @@ def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, dict]:
     return proc, {"http": port, "grpc": grpc_port}
 
 
+def kserve_model_config(args) -> tuple[dict, bytes]:
+    """What KServe is given to answer perf_analyzer's model configuration request: the model's
+    input and output (``max_batch_size`` says the first dimension is the batch; KServe itself
+    does no batching), as REST JSON and as a serialized gRPC ``ModelConfigResponse``."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    dtype = {"uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "float32": "TYPE_FP32"}
+    config = {
+        "name": MODEL,
+        "max_batch_size": args.max_batch,
+        "input": [
+            {"name": "images", "data_type": dtype[input_dtype(args.artifact)], "dims": [32, 32, 3]}
+        ],
+        "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}],
+    }
+    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    return config, service_pb2.ModelConfigResponse(config=message).SerializeToString()
+
+
 def start_kserve(args, work: Path) -> tuple[subprocess.Popen, dict]:
     port, grpc_port = free_port(), free_port()
+    config, config_response = kserve_model_config(args)
     script = work / "kserve_server.py"
     tflite = str(Path(args.artifact).resolve())
     script.write_text(
         KSERVE_SERVER.format(
-            name=MODEL, tflite=tflite, threads=args.threads, port=port, grpc_port=grpc_port
+            name=MODEL,
+            tflite=tflite,
+            threads=args.threads,
+            port=port,
+            grpc_port=grpc_port,
+            config=config,
+            config_response=config_response,
+            input_datatype=input_dtype(args.artifact).upper().replace("FLOAT32", "FP32"),
         )
     )
     log = open(work / "kserve.log", "w")
