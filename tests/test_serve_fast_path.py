@@ -6,6 +6,7 @@ without a task per request."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -173,3 +174,53 @@ def test_metrics_count_each_request_once_per_label_set(server):
         return 0.0
 
     assert count(after) - count(before) == 3
+
+
+def test_the_batch_goes_at_once_when_no_further_request_can_come():
+    asked = []
+
+    def more_possible(requests_in_batch: int) -> bool:
+        asked.append(requests_in_batch)
+        return requests_in_batch < 3  # three clients, each with one request at a time
+
+    seen = []
+
+    def predict(x):
+        seen.append(len(x))
+        return np.zeros((len(x), 10), np.float32)
+
+    async def main():
+        # A minute of queue delay: only the early end can make this finish in time.
+        batcher = DynamicBatcher(
+            predict, 64, max_queue_delay_ms=60_000, more_possible=more_possible
+        )
+        batcher.start()
+        batcher.arrival_gap = 0.0  # a burst is under way: the batcher would wait
+        one = np.zeros((1, 32, 32, 3), np.uint8)
+        outs = await asyncio.wait_for(asyncio.gather(*(batcher.submit(one) for _ in range(3))), 10)
+        await batcher.stop()
+        return outs
+
+    assert [len(o) for o in asyncio.run(main())] == [1, 1, 1]
+    assert seen == [3] and asked[-1] == 3
+
+
+def test_the_server_counts_its_open_connections(tiny_onnx):
+    import socket
+
+    app = create_app(load_predictor(tiny_onnx), "cnn")
+    with serving(app) as address:
+        host, port = address.split(":")
+        sockets = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            deadline = time.time() + 10
+            while len(app.open_connections) != 3 and time.time() < deadline:
+                time.sleep(0.02)
+            assert len(app.open_connections) == 3
+        finally:
+            for s in sockets:
+                s.close()
+        deadline = time.time() + 10
+        while len(app.open_connections) != 0 and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(app.open_connections) == 0

@@ -117,7 +117,12 @@ def make_servicer(repository):
                 check_outputs({"outputs": [{"name": o.name} for o in request.outputs]})
             except RequestError as exc:
                 return await abort(context, exc)
-            probs = np.ascontiguousarray(await model.batcher.submit(images), dtype=np.float32)
+            repository.grpc_calls += 1  # batches wait for gRPC calls (see more_possible)
+            try:
+                probs = await model.batcher.submit(images)
+            finally:
+                repository.grpc_calls -= 1
+            probs = np.ascontiguousarray(probs, dtype=np.float32)
             output = pb.ModelInferResponse.InferOutputTensor(
                 name=OUTPUT_NAME, datatype="FP32", shape=list(probs.shape)
             )

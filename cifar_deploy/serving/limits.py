@@ -175,9 +175,24 @@ class OneWriteResponses:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(limits: ServerLimits):
+class OpenConnections:
+    """How many HTTP connections the server has open right now (uvicorn's own set of
+    connections, which the protocol hands over when the first one opens); 0 before any."""
+
+    def __init__(self):
+        self._connections: set | tuple = ()
+
+    def bind(self, connections: set) -> None:
+        self._connections = connections
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+
+def guarded_protocol(limits: ServerLimits, open_connections: OpenConnections | None = None):
     """uvicorn's httptools protocol with the connection limit, the request-head timeout and
-    JSON 400s for malformed heads."""
+    JSON 400s for malformed heads; ``open_connections`` is kept bound to the server's set of
+    open connections."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     refusals = RateLimitedLog(log)
@@ -187,6 +202,8 @@ def guarded_protocol(limits: ServerLimits):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            if open_connections is not None:
+                open_connections.bind(self.connections)
             if len(self.connections) > limits.max_connections:
                 refusals.warning(
                     f"refused a connection: {limits.max_connections} are open (the limit)"
@@ -244,7 +261,7 @@ def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None
         app,
         host=host,
         port=port,
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits, getattr(app, "open_connections", None)),
         timeout_keep_alive=limits.keep_alive_s,
         timeout_graceful_shutdown=30,
         # Less work per request: nothing reads the client address or an access log, and the

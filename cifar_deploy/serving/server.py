@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request  # module level: route annotations resolve 
 from ..errors import RequestError
 from .batcher import DynamicBatcher
 from .images import decode_image, top_k
-from .limits import BodyBudget, ServerLimits, quiet_loop_errors
+from .limits import BodyBudget, OpenConnections, ServerLimits, quiet_loop_errors
 from .protocol import (
     HEADER_LENGTH,
     MODEL_VERSION,
@@ -226,6 +226,7 @@ class Repository:
         self.models, self.body, self.limit = models, body, body.max_payload
         self.registry, self.m = metrics
         self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
+        self.grpc_calls = 0  # gRPC inference calls in progress
 
     def model(self, model_name: str, version: str | None = None) -> ServedModel:
         model = self.models.get(model_name)
@@ -391,6 +392,13 @@ def create_app(
     if not isinstance(predictors, Mapping):
         predictors = {name or predictors.metadata.model_name: predictors}
     registry, m = _metrics()
+    connections = OpenConnections()
+
+    def more_possible(requests_in_batch: int) -> bool:
+        """Another request can still come: a connection without its request in the batch,
+        or a gRPC call in progress."""
+        return len(connections) > requests_in_batch or repository.grpc_calls > 0
+
     models = {
         n: ServedModel(
             n,
@@ -400,6 +408,7 @@ def create_app(
                 max_batch_size,
                 max_queue_delay_ms,
                 on_batch=m["batch"].labels(n).observe,
+                more_possible=more_possible,
             ),
         )
         for n, p in predictors.items()
@@ -429,7 +438,9 @@ def create_app(
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
-    return Observe(app, m, repository)
+    observed = Observe(app, m, repository)
+    observed.open_connections = connections  # kept up to date by the server's protocol
+    return observed
 
 
 def load_repository(
