@@ -115,18 +115,28 @@ def load(port: int, model: str, total: int, concurrency: int, batch: int = 1) ->
 
 
 def load_perf_analyzer(
-    perf_analyzer: Path, port: int, model: str, concurrency: int, batch: int = 1
+    perf_analyzer: Path, port: int, model: str, concurrency: int, batch: int = 1, floats=False
 ) -> dict:
     """perf_analyzer's closed loop at ``concurrency``, ``batch`` images per request, three stable
-    5 s windows; latencies in ms."""
+    5 s windows; latencies in ms. ``floats``: the model's input is FP32 (perf_analyzer wants
+    the data file's numbers written as floats then)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pa.csv"
+        # Real pixel values 0..255 (random bytes read as FP32 would include NaN, which the
+        # server rightly refuses), 16 different images in turn.
+        images = input_pool(1, seed=7)[:16]
+        kind = float if floats else int
+        data = [
+            {"images": {"content": [kind(v) for v in x.reshape(-1)], "shape": [32, 32, 3]}}
+            for x in images
+        ]
+        (Path(tmp) / "data.json").write_text(json.dumps({"data": data}))
         run = subprocess.run(
             [
                 str(perf_analyzer),
                 *("-m", model, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", str(batch)),
                 *("--concurrency-range", f"{concurrency}:{concurrency}"),
-                *("--shape", "images:32,32,3", "--input-data", "random"),
+                *("--input-data", str(Path(tmp) / "data.json")),
                 *("-p", "5000", "-s", "100", "-r", "6", "-f", str(out)),
             ],
             capture_output=True,
@@ -174,7 +184,8 @@ def main() -> None:
         driver = "perf_analyzer"
 
         def drive(port, level, batch=1):
-            return load_perf_analyzer(pa, port, name, level, batch)
+            floats = read_sidecar(artifact).input.dtype == "float32"
+            return load_perf_analyzer(pa, port, name, level, batch, floats)
     else:
         driver = "python client (no perf_analyzer under --peers)"
 
