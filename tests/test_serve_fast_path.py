@@ -224,3 +224,17 @@ def test_the_server_counts_its_open_connections(tiny_onnx):
         while len(app.open_connections) != 0 and time.time() < deadline:
             time.sleep(0.02)
         assert len(app.open_connections) == 0
+
+
+def test_stop_answers_a_batch_that_is_still_forming():
+    async def main():
+        batcher = DynamicBatcher(lambda x: np.ones((len(x), 10), np.float32), 8, 200)
+        batcher.start()
+        batcher.arrival_gap = 0.0  # a burst is under way: the batch waits for more
+        pending = asyncio.ensure_future(batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)))
+        await asyncio.sleep(0.02)  # taken from the queue, waiting out the 200 ms delay
+        assert batcher.queue_depth == 0 and not pending.done()
+        await asyncio.wait_for(batcher.stop(), 10)
+        return await asyncio.wait_for(pending, 1)
+
+    assert asyncio.run(main()).shape == (1, 10)

@@ -115,6 +115,10 @@ class DynamicBatcher:
         while not self._queue:
             self._wake.clear()
             await self._wake.wait()
+        return self._take()
+
+    def _take(self) -> _Pending:
+        self._running += 1  # counted from here, so that stop() also waits for a forming batch
         return self._queue.popleft()
 
     async def _collect(self) -> list[_Pending]:
@@ -135,7 +139,7 @@ class DynamicBatcher:
                 continue
             if rows + len(self._queue[0].images) > self.max_batch_size:
                 break  # it keeps its place: first in the next batch
-            item = self._queue.popleft()
+            item = self._take()
             batch.append(item)
             rows += len(item.images)
         return batch
@@ -144,7 +148,6 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            self._running = len(batch)
             try:
                 merged = np.concatenate([p.images for p in batch])
                 if self._on_batch:
