@@ -17,7 +17,6 @@ Malformed request heads (a bad ``Content-Length``) get the project's JSON error 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -48,10 +47,13 @@ class BodyBudget:
         """The whole body from ASGI ``receive``: 413 past the payload limit, 408 when it does
         not arrive in time, 503 when the server already holds too many bytes of bodies."""
         chunks: list[bytes] = []
+        seconds = self.limits.body_timeout_s
         try:
-            async with _within(self.limits.body_timeout_s):
-                return await self._read(receive, chunks)
-        except TimeoutError:
+            if hasattr(asyncio, "timeout"):  # Python 3.11+: a timer on this task, no new task
+                async with asyncio.timeout(seconds):
+                    return await self._read(receive, chunks)
+            return await asyncio.wait_for(self._read(receive, chunks), seconds)  # Python 3.10
+        except (TimeoutError, asyncio.TimeoutError):
             size = sum(len(c) for c in chunks)
             raise RequestError(
                 f"the request body did not arrive within "
@@ -84,25 +86,6 @@ class BodyBudget:
                     return b"".join(chunks)
         finally:
             self.buffered -= size
-
-
-if hasattr(asyncio, "timeout"):  # Python 3.11+: a timer on this task, no task of its own
-    _within = asyncio.timeout
-else:  # pragma: no cover - Python 3.10
-
-    @contextlib.asynccontextmanager
-    async def _within(seconds: float):
-        task, loop = asyncio.current_task(), asyncio.get_running_loop()
-        expired = []
-        timer = loop.call_later(seconds, lambda: (expired.append(True), task.cancel()))
-        try:
-            yield
-        except asyncio.CancelledError:
-            if expired:
-                raise TimeoutError from None
-            raise
-        finally:
-            timer.cancel()
 
 
 class RateLimitedLog:

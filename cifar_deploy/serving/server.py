@@ -134,10 +134,14 @@ class Observe:
     Content-Length, inference requests handed to the repository's raw handler (the hot path,
     before the framework sees them), a JSON 500 instead of a bare error page, and request,
     latency and queue metrics per model. Everything else goes to the FastAPI ``app``;
-    ``state`` is that app's."""
+    ``state`` is that app's. ``open_connections`` is for the server's protocol to keep bound
+    (see :func:`~.limits.uvicorn_config`)."""
 
-    def __init__(self, app, metrics: dict, repository: Repository):
+    def __init__(
+        self, app, metrics: dict, repository: Repository, open_connections: OpenConnections
+    ):
         self.app, self.m, self.repository = app, metrics, repository
+        self.open_connections = open_connections
         self.limit = repository.limit
         self.label = RouteLabels(path for path, _, _ in repository.routes())
         self._children: dict[tuple, object] = {}
@@ -438,9 +442,7 @@ def create_app(
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
-    observed = Observe(app, m, repository)
-    observed.open_connections = connections  # kept up to date by the server's protocol
-    return observed
+    return Observe(app, m, repository, connections)
 
 
 def load_repository(
