@@ -18,14 +18,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_peers import cpu_name, free_port, stop  # noqa: E402
+from serve_peers import cpu_name, free_port, run_perf_analyzer, stop, wait_ready  # noqa: E402
 
 # The server of the checkout at argv[1] (this venv's editable install's finder dropped first),
 # its predictor's predict replaced by zeros.
@@ -66,36 +65,22 @@ def measure(args, root: Path, concurrency: int, work: Path) -> dict:
         [*cmd, str(port), str(grpc_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the server of {root} did not start")
-            time.sleep(0.3)
+        wait_ready(port, proc, f"the server of {root}")
         target = port if args.protocol == "http" else grpc_port
-        out = work / "pa.csv"
         rows0, cpu0 = rows_served(port), cpu_seconds(proc.pid)
-        pa = subprocess.run(
-            [
-                str(args.peers / "pa/perf_analyzer"),
-                *("-m", "cnn", "-u", f"127.0.0.1:{target}", "-i", args.protocol),
-                *("--concurrency-range", f"{concurrency}:{concurrency}"),
-                *("--shape", "images:32,32,3", "--input-data", "random"),
-                *("-p", str(args.measure_ms), "-s", "100", "-r", "4", "-f", str(out)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        try:
+            row = run_perf_analyzer(
+                args.peers / "pa/perf_analyzer",
+                f"127.0.0.1:{target}",
+                args.protocol,
+                concurrency,
+                work / "pa.csv",
+                measure_ms=args.measure_ms,
+                trials=4,
+            )
+        except RuntimeError as exc:
+            return {"error": str(exc).splitlines()}
         cpu1, rows1 = cpu_seconds(proc.pid), rows_served(port)
-        if pa.returncode != 0:
-            return {"error": pa.stdout.strip().splitlines()[-1:]}
-        header, values = out.read_text().splitlines()[:2]
-        row = dict(zip(header.split(","), values.split(",")))
         return {
             "requests_per_s": float(row["Inferences/Second"]),
             "cpu_ms_per_request": (cpu1 - cpu0) * 1000 / max(rows1 - rows0, 1),

@@ -42,7 +42,7 @@ from cifar_deploy.serving.artifacts import resolve_reference  # noqa: E402
 from cifar_deploy.serving.bench import input_pool, time_runs  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from serve_peers import cpu_name  # noqa: E402
+from serve_peers import cpu_name, run_perf_analyzer  # noqa: E402
 
 
 def header(batch: int) -> bytes:
@@ -121,7 +121,6 @@ def load_perf_analyzer(
     5 s windows; latencies in ms. ``floats``: the model's input is FP32 (perf_analyzer wants
     the data file's numbers written as floats then)."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pa.csv"
         # Real pixel values 0..255 (random bytes read as FP32 would include NaN, which the
         # server rightly refuses), 16 different images in turn.
         images = input_pool(1, seed=7)[:16]
@@ -131,22 +130,17 @@ def load_perf_analyzer(
             for x in images
         ]
         (Path(tmp) / "data.json").write_text(json.dumps({"data": data}))
-        run = subprocess.run(
-            [
-                str(perf_analyzer),
-                *("-m", model, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", str(batch)),
-                *("--concurrency-range", f"{concurrency}:{concurrency}"),
-                *("--input-data", str(Path(tmp) / "data.json")),
-                *("-p", "5000", "-s", "100", "-r", "6", "-f", str(out)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
+        row = run_perf_analyzer(
+            perf_analyzer,
+            f"127.0.0.1:{port}",
+            "http",
+            concurrency,
+            Path(tmp) / "pa.csv",
+            data=("--input-data", str(Path(tmp) / "data.json")),
+            trials=6,
+            batch=batch,
+            model=model,
         )
-        if run.returncode != 0 or not out.exists():
-            raise RuntimeError(f"perf_analyzer failed: {run.stdout[-500:]}{run.stderr[-500:]}")
-        header, values = out.read_text().splitlines()[:2]
-    row = dict(zip(header.split(","), values.split(",")))
     img_s = float(row["Inferences/Second"])  # perf_analyzer counts images (batch x requests)
     return {
         "concurrency": concurrency,

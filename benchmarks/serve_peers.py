@@ -220,13 +220,13 @@ def kserve_model_config(args) -> tuple[dict, bytes]:
     from google.protobuf import json_format
     from tritonclient.grpc import model_config_pb2, service_pb2
 
-    dtype = {"uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "float32": "TYPE_FP32"}
+    from cifar_deploy.export.triton_python import TRITON_TYPES
+
+    input_type = TRITON_TYPES[input_dtype(args.artifact)]
     config = {
         "name": MODEL,
         "max_batch_size": args.max_batch,
-        "input": [
-            {"name": "images", "data_type": dtype[input_dtype(args.artifact)], "dims": [32, 32, 3]}
-        ],
+        "input": [{"name": "images", "data_type": input_type, "dims": [32, 32, 3]}],
         "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}],
     }
     message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
@@ -256,35 +256,51 @@ def start_kserve(args, work: Path) -> tuple[subprocess.Popen, dict]:
     return proc, {"http": port, "grpc": grpc_port}
 
 
+RANDOM_IMAGES = ("--shape", "images:32,32,3", "--input-data", "random")
+
+
+def run_perf_analyzer(
+    binary: Path,
+    address: str,
+    protocol: str,
+    concurrency: int,
+    out: Path,
+    data: tuple[str, ...] = RANDOM_IMAGES,
+    measure_ms: int = 5000,
+    trials: int = 3,
+    batch: int = 1,
+    model: str = MODEL,
+) -> dict[str, str]:
+    """One perf_analyzer closed-loop measurement of ``model`` at ``address``: the first row
+    of its CSV (``Inferences/Second`` counts images, ``p50 latency`` is in us); RuntimeError
+    with the last lines of its output when it fails."""
+    cmd = [
+        str(binary),
+        *("-m", model, "-u", address, "-i", protocol, "-b", str(batch)),
+        *("--concurrency-range", f"{concurrency}:{concurrency}"),
+        *data,
+        *("-p", str(measure_ms), "-s", "100", "-r", str(trials), "-f", str(out)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError("\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
+    with out.open() as f:
+        return next(csv.DictReader(f))
+
+
 def perf_analyzer(args, ports: dict, concurrency: int, work: Path, tag: str) -> dict:
     out = work / f"pa_{tag}_{args.protocol}_{concurrency}.csv"
-    cmd = [
-        str(args.peers / "pa/perf_analyzer"),
-        "-m",
-        MODEL,
-        "-u",
-        f"127.0.0.1:{ports[args.protocol]}",
-        "-i",
-        args.protocol,
-        "--concurrency-range",
-        f"{concurrency}:{concurrency}",
-        "--shape",
-        "images:32,32,3",
-        "--input-data",
-        "random",
-        "-p",
-        str(args.measure_ms),
-        "-s",
-        "100",
-        "-r",
-        "3",
-        "-f",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 or not out.exists():
-        return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-3:]}
-    row = next(csv.DictReader(out.open()))
+    try:
+        row = run_perf_analyzer(
+            args.peers / "pa/perf_analyzer",
+            f"127.0.0.1:{ports[args.protocol]}",
+            args.protocol,
+            concurrency,
+            out,
+            measure_ms=args.measure_ms,
+        )
+    except RuntimeError as exc:
+        return {"error": str(exc).splitlines()}
     return {
         "throughput": float(row["Inferences/Second"]),
         "p50_ms": float(row["p50 latency"]) / 1000,
