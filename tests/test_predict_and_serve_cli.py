@@ -114,15 +114,15 @@ def test_a_lone_request_is_dispatched_without_waiting_for_the_queue_delay():
     assert asyncio.run(main()).shape == (1, 10) and seen == [1]
 
 
-def test_the_batcher_waits_only_when_requests_arrive_closer_than_the_delay():
+def test_the_batcher_expects_as_many_requests_as_were_lately_in_flight_together():
     batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay_ms=2)
-    assert not batcher.worth_waiting()  # no traffic yet
-    for t in (0.0, 0.010, 0.020, 0.030):  # one request every 10 ms: 5x the delay
-        batcher._arrived(t)
-    assert not batcher.worth_waiting()
-    for i in range(20):  # a burst: 0.1 ms apart
-        batcher._arrived(0.031 + i * 1e-4)
-    assert batcher.worth_waiting()
+    assert batcher.expected_together() == 1  # no traffic yet: a first request goes at once
+    for _ in range(3):  # three requests submitted, none answered yet
+        batcher._in_flight += 1
+        batcher._note_in_flight(0.0)
+    batcher._in_flight = 0  # all answered: the peak is remembered
+    batcher._note_in_flight(0.5)
+    assert batcher.expected_together() == 3
 
 
 def test_batcher_stop_finishes_queued_requests():

@@ -37,6 +37,13 @@ class RecordingTransport:
         return ("127.0.0.1", 1234) if name == "peername" else None
 
 
+def recently_busy(batcher: DynamicBatcher, n: int) -> None:
+    """As if ``n`` requests had been in flight together a moment ago (call inside the loop)."""
+    batcher._in_flight = n
+    batcher._note_in_flight(asyncio.get_running_loop().time())
+    batcher._in_flight = 0
+
+
 def test_the_response_head_and_body_leave_in_one_write():
     async def main():
         transport = RecordingTransport()
@@ -195,7 +202,7 @@ def test_the_batch_goes_at_once_when_no_further_request_can_come():
             predict, 64, max_queue_delay_ms=60_000, more_possible=more_possible
         )
         batcher.start()
-        batcher.arrival_gap = 0.0  # a burst is under way: the batcher would wait
+        recently_busy(batcher, 8)  # so it would wait for more
         one = np.zeros((1, 32, 32, 3), np.uint8)
         outs = await asyncio.wait_for(asyncio.gather(*(batcher.submit(one) for _ in range(3))), 10)
         await batcher.stop()
@@ -230,7 +237,7 @@ def test_stop_answers_a_batch_that_is_still_forming():
     async def main():
         batcher = DynamicBatcher(lambda x: np.ones((len(x), 10), np.float32), 8, 200)
         batcher.start()
-        batcher.arrival_gap = 0.0  # a burst is under way: the batch waits for more
+        recently_busy(batcher, 8)  # so the batch waits for more
         pending = asyncio.ensure_future(batcher.submit(np.zeros((1, 32, 32, 3), np.uint8)))
         await asyncio.sleep(0.02)  # taken from the queue, waiting out the 200 ms delay
         assert batcher.queue_depth == 0 and not pending.done()
@@ -238,3 +245,47 @@ def test_stop_answers_a_batch_that_is_still_forming():
         return await asyncio.wait_for(pending, 1)
 
     assert asyncio.run(main()).shape == (1, 10)
+
+
+def test_a_batch_goes_once_it_holds_as_many_requests_as_were_lately_in_flight_together():
+    seen = []
+
+    def predict(x):
+        seen.append(len(x))
+        return np.zeros((len(x), 10), np.float32)
+
+    async def client(batcher):  # closed loop: one request at a time, three in a row
+        for _ in range(3):
+            await batcher.submit(np.zeros((1, 32, 32, 3), np.uint8))
+
+    async def main():
+        # A minute of queue delay: only the in-flight count can end each wait in time.
+        batcher = DynamicBatcher(predict, 64, max_queue_delay_ms=60_000)
+        batcher.start()
+        await asyncio.wait_for(asyncio.gather(*(client(batcher) for _ in range(4))), 10)
+        await batcher.stop()
+        return batcher.expected_together()
+
+    assert asyncio.run(main()) == 4
+    assert seen == [4, 4, 4]  # every round of the four clients is one batch
+
+
+def test_the_in_flight_peak_is_forgotten_after_two_quiet_windows(monkeypatch):
+    import cifar_deploy.serving.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "PEAK_WINDOW_S", 0.05)
+    one = np.zeros((1, 32, 32, 3), np.uint8)
+
+    async def main():
+        batcher = DynamicBatcher(lambda x: np.zeros((len(x), 10), np.float32), 64, 60_000)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(one) for _ in range(8)))
+        busy = batcher.expected_together()
+        await asyncio.sleep(0.15)  # three windows without a request
+        # A lone request now goes at once although the delay is a minute.
+        await asyncio.wait_for(batcher.submit(one), 10)
+        quiet = batcher.expected_together()
+        await batcher.stop()
+        return busy, quiet
+
+    assert asyncio.run(main()) == (8, 1)
