@@ -3,8 +3,9 @@ REST one: ``serve --grpc-port``.
 
 ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelConfig (Triton's, for
 ``perf_analyzer -i grpc``), RepositoryIndex and ModelInfer, with raw input contents (what
-``tritonclient.grpc`` sends) or typed ``contents``. It runs on the REST server's event loop and
-feeds the same per-model dynamic batchers; requests are validated by the same code as REST, and
+``tritonclient.grpc`` sends) or typed ``contents``. It runs on the REST server's event loop
+(over :mod:`.grpc_wire`, this project's HTTP/2 carrier for unary gRPC calls) and feeds the same
+per-model dynamic batchers; requests are validated by the same code as REST, and
 its errors carry the same messages with gRPC status codes (400 -> INVALID_ARGUMENT, 404 ->
 NOT_FOUND, 413 -> RESOURCE_EXHAUSTED). The message classes are the ones ``tritonclient`` ships
 (generated from Triton's ``grpc_service.proto``).
@@ -15,17 +16,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RequestError
+from .grpc_wire import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    RESOURCE_EXHAUSTED,
+    GrpcError,
+    GrpcServer,
+)
 from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
 
-STATUS_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}
+SERVICE = "inference.GRPCInferenceService"
+# REST status -> gRPC status code.
+STATUS_CODES = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED}
 # Typed contents fields by V2 datatype (when a client sends no raw_input_contents).
 CONTENTS_FIELDS = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 
 
 def _messages():
-    from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+    from tritonclient.grpc import model_config_pb2, service_pb2
 
-    return service_pb2, service_pb2_grpc, model_config_pb2
+    return service_pb2, model_config_pb2
 
 
 def request_images(request) -> np.ndarray:
@@ -46,108 +57,118 @@ def request_images(request) -> np.ndarray:
     return parse_tensor(spec, b"")
 
 
-def make_servicer(repository):
-    """The servicer for ``repository`` (the REST server's :class:`Repository`)."""
-    import grpc
+def service_methods(repository) -> dict:
+    """``{"/inference.GRPCInferenceService/Method": async (request bytes) -> response bytes}``
+    for ``repository`` (the REST server's :class:`Repository`); a bad request raises
+    :class:`~.grpc_wire.GrpcError` with the REST message and the matching status code."""
     from google.protobuf import json_format
 
-    pb, pb_grpc, config_pb = _messages()
+    pb, config_pb = _messages()
 
-    async def abort(context, exc: RequestError):
-        code = getattr(grpc.StatusCode, STATUS_CODES.get(exc.status, "INVALID_ARGUMENT"))
-        await context.abort(code, exc.message)
+    def fail(exc: RequestError) -> GrpcError:
+        return GrpcError(STATUS_CODES.get(exc.status, INVALID_ARGUMENT), exc.message)
 
-    class Servicer(pb_grpc.GRPCInferenceServiceServicer):
-        async def ServerLive(self, request, context):
-            return pb.ServerLiveResponse(live=True)
+    async def server_live(request):
+        return pb.ServerLiveResponse(live=True)
 
-        async def ServerReady(self, request, context):
-            return pb.ServerReadyResponse(ready=bool(repository.models))
+    async def server_ready(request):
+        return pb.ServerReadyResponse(ready=bool(repository.models))
 
-        async def ServerMetadata(self, request, context):
-            meta = await repository.server_metadata()
-            return pb.ServerMetadataResponse(**meta)
+    async def server_metadata(request):
+        return pb.ServerMetadataResponse(**await repository.server_metadata())
 
-        async def ModelReady(self, request, context):
+    async def model_ready(request):
+        try:
+            repository.model(request.name, request.version or None)
+        except RequestError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def model_metadata(request):
+        try:
+            meta = repository.model_metadata(request.name, request.version or None)
+        except RequestError as exc:
+            raise fail(exc) from None
+        tensors = (
+            [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=tensors[0],
+            outputs=tensors[1],
+        )
+
+    async def model_config(request):
+        try:
+            config = repository.model_configuration(request.name, request.version or None)
+        except RequestError as exc:
+            raise fail(exc) from None
+        message = json_format.ParseDict(config, config_pb.ModelConfig())
+        return pb.ModelConfigResponse(config=message)
+
+    async def repository_index(request):
+        rows = await repository.index()
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
+
+    async def model_infer(request):
+        try:
+            model = repository.model(request.model_name, request.model_version or None)
+            if request.ByteSize() > repository.limit:
+                raise RequestError(f"payload exceeds the limit of {repository.limit:,} bytes", 413)
+            images = request_images(request)
+            check_outputs({"outputs": [{"name": o.name} for o in request.outputs]})
+        except RequestError as exc:
+            raise fail(exc) from None
+        repository.grpc_calls += 1  # batches wait for gRPC calls (see more_possible)
+        try:
+            probs = await model.batcher.submit(images)
+        finally:
+            repository.grpc_calls -= 1
+        probs = np.ascontiguousarray(probs, dtype=np.float32)
+        output = pb.ModelInferResponse.InferOutputTensor(
+            name=OUTPUT_NAME, datatype="FP32", shape=list(probs.shape)
+        )
+        return pb.ModelInferResponse(
+            model_name=model.name,
+            model_version=model.version,
+            id=request.id,
+            outputs=[output],
+            raw_output_contents=[probs.tobytes()],
+        )
+
+    def method(request_type, handler):
+        async def call(data: bytes) -> bytes:
             try:
-                repository.model(request.name, request.version or None)
-            except RequestError:
-                return pb.ModelReadyResponse(ready=False)
-            return pb.ModelReadyResponse(ready=True)
+                request = request_type.FromString(data)
+            except Exception:
+                raise GrpcError(INTERNAL, f"not a valid {request_type.__name__}") from None
+            return (await handler(request)).SerializeToString()
 
-        async def ModelMetadata(self, request, context):
-            try:
-                meta = repository.model_metadata(request.name, request.version or None)
-            except RequestError as exc:
-                return await abort(context, exc)
-            tensors = (
-                [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
-                [pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
-            )
-            return pb.ModelMetadataResponse(
-                name=meta["name"],
-                versions=meta["versions"],
-                platform=meta["platform"],
-                inputs=tensors[0],
-                outputs=tensors[1],
-            )
+        return call
 
-        async def ModelConfig(self, request, context):
-            try:
-                config = repository.model_configuration(request.name, request.version or None)
-            except RequestError as exc:
-                return await abort(context, exc)
-            message = json_format.ParseDict(config, config_pb.ModelConfig())
-            return pb.ModelConfigResponse(config=message)
-
-        async def RepositoryIndex(self, request, context):
-            rows = await repository.index()
-            return pb.RepositoryIndexResponse(
-                models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
-            )
-
-        async def ModelInfer(self, request, context):
-            try:
-                model = repository.model(request.model_name, request.model_version or None)
-                if request.ByteSize() > repository.limit:
-                    raise RequestError(
-                        f"payload exceeds the limit of {repository.limit:,} bytes", 413
-                    )
-                images = request_images(request)
-                check_outputs({"outputs": [{"name": o.name} for o in request.outputs]})
-            except RequestError as exc:
-                return await abort(context, exc)
-            repository.grpc_calls += 1  # batches wait for gRPC calls (see more_possible)
-            try:
-                probs = await model.batcher.submit(images)
-            finally:
-                repository.grpc_calls -= 1
-            probs = np.ascontiguousarray(probs, dtype=np.float32)
-            output = pb.ModelInferResponse.InferOutputTensor(
-                name=OUTPUT_NAME, datatype="FP32", shape=list(probs.shape)
-            )
-            return pb.ModelInferResponse(
-                model_name=model.name,
-                model_version=model.version,
-                id=request.id,
-                outputs=[output],
-                raw_output_contents=[probs.tobytes()],
-            )
-
-    return Servicer()
+    table = {
+        "ServerLive": (pb.ServerLiveRequest, server_live),
+        "ServerReady": (pb.ServerReadyRequest, server_ready),
+        "ServerMetadata": (pb.ServerMetadataRequest, server_metadata),
+        "ModelReady": (pb.ModelReadyRequest, model_ready),
+        "ModelMetadata": (pb.ModelMetadataRequest, model_metadata),
+        "ModelConfig": (pb.ModelConfigRequest, model_config),
+        "RepositoryIndex": (pb.RepositoryIndexRequest, repository_index),
+        "ModelInfer": (pb.ModelInferRequest, model_infer),
+    }
+    return {f"/{SERVICE}/{name}": method(*pair) for name, pair in table.items()}
 
 
-async def start_grpc(repository, host: str, port: int, max_message_bytes: int):
-    """A started ``grpc.aio`` server on ``host:port``; the caller stops it. ``port`` 0 picks a
-    free port (``server.bound_port``)."""
-    import grpc
-
-    _, pb_grpc, _ = _messages()
+async def start_grpc(repository, host: str, port: int, max_message_bytes: int, budget=None):
+    """A started gRPC server (:class:`~.grpc_wire.GrpcServer`) on ``host:port``; the caller
+    stops it. ``port`` 0 picks a free port (``server.bound_port``). ``budget`` (the REST
+    server's :class:`~.limits.BodyBudget`) caps the bytes of partly received requests across
+    both protocols."""
     limit = max_message_bytes + 2**16  # room for the message around the tensor bytes
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)]
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(make_servicer(repository), server)
-    server.bound_port = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    return server
+    server = GrpcServer(service_methods(repository), limit, budget)
+    return await server.start(host, port)

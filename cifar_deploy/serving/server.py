@@ -429,7 +429,9 @@ def create_app(
         if grpc_port is not None:
             from .grpc_server import start_grpc
 
-            grpc_server = await start_grpc(repository, grpc_host, grpc_port, max_payload_bytes)
+            grpc_server = await start_grpc(
+                repository, grpc_host, grpc_port, max_payload_bytes, body
+            )
             app.state.grpc_port = grpc_server.bound_port
         yield
         if grpc_server is not None:
