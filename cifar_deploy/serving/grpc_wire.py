@@ -11,8 +11,8 @@ Streaming calls, TLS and ``grpc-timeout`` are not supported (a deadline the clie
 enforced by the client).
 
 Why not ``grpc.aio``: on a 2-core AMD EPYC (AVX2) under perf_analyzer at concurrency 8, with
-constant answers (``benchmarks/grpc_carriers.py``), grpcio's asyncio server costs 0.51 ms of CPU
-per call on uvloop (0.57 on asyncio's own loop; its thread-pool server 0.54), this carrier 0.11.
+constant answers (``benchmarks/grpc_carriers.py``), grpcio's asyncio server costs 0.50 ms of CPU
+per call on uvloop (0.56 on asyncio's own loop; its thread-pool server 0.55), this carrier 0.11.
 That is more than this project's whole HTTP path with validation and batching (0.27 ms); with
 this carrier the whole gRPC path costs 0.21 ms (``benchmarks/serve_frontend.py --protocol
 grpc``). With inference at about 5 ms of CPU per image, that difference decided whether gRPC
