@@ -114,6 +114,7 @@ class _Stream:
     send_window: int
     block: bytearray = field(default_factory=bytearray)  # header block until END_HEADERS
     headers: dict | None = None
+    method: Method | None = None  # what its :path names, once the headers are checked
     body: bytearray = field(default_factory=bytearray)
     unacked: int = 0  # received bytes not yet returned to the client by WINDOW_UPDATE
     refused: bool = False  # complete or answered already: its further DATA is dropped
@@ -209,9 +210,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            data, self.outgoing = b"".join(self.outgoing), []
-            if data:
-                self.transport.write(data)
+            self._flush()
             self.transport.close()
 
     def go_away(self, error: int = NO_ERROR) -> None:
@@ -317,7 +316,7 @@ class _Connection(asyncio.Protocol):
         if len(self.streams) > MAX_STREAMS:
             self._answer_error(stream, RESOURCE_EXHAUSTED, "too many concurrent calls")
             return
-        problem = self._check_headers(stream.headers)
+        problem = self._check_headers(stream)
         if problem is not None:
             self._answer_error(stream, *problem)
         elif ended:
@@ -331,13 +330,17 @@ class _Connection(asyncio.Protocol):
             return dict(table.get_by_index(b - 0x80) for b in block)
         return dict(self.decoder.decode(block, raw=True))
 
-    def _check_headers(self, headers: dict) -> tuple[int, str] | None:
+    def _check_headers(self, stream: _Stream) -> tuple[int, str] | None:
+        """(code, message) when the call cannot be served; otherwise None, and
+        ``stream.method`` is the method its path names."""
+        headers = stream.headers
         if headers.get(b":method") != b"POST":
             return UNIMPLEMENTED, "gRPC calls are POST requests"
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
             return INVALID_ARGUMENT, "expected content-type application/grpc"
-        if headers.get(b":path", b"").decode(errors="replace") not in self.server.methods:
-            path = headers.get(b":path", b"").decode(errors="replace")
+        path = headers.get(b":path", b"").decode(errors="replace")
+        stream.method = self.server.methods.get(path)
+        if stream.method is None:
             return UNIMPLEMENTED, f"unknown method {path}"
         if headers.get(b"grpc-encoding", b"identity") not in DECOMPRESS:
             encoding = headers[b"grpc-encoding"].decode(errors="replace")
@@ -454,9 +457,8 @@ class _Connection(asyncio.Protocol):
         except GrpcError as exc:
             self._answer_error(stream, exc.code, exc.message)
             return
-        method = self.server.methods[stream.headers[b":path"].decode()]
         self.server.calls += 1
-        asyncio.get_running_loop().create_task(self._run(stream, method, message))
+        asyncio.get_running_loop().create_task(self._run(stream, stream.method, message))
 
     def _message(self, body: bytes, encoding: bytes) -> bytes:
         """The one length-prefixed message of a unary request, decompressed."""
@@ -556,10 +558,13 @@ class _Connection(asyncio.Protocol):
         self.outgoing.append(data)
 
     def _send(self) -> None:
+        self._flush()
+        self._maybe_close()
+
+    def _flush(self) -> None:
         data, self.outgoing = b"".join(self.outgoing), []
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-        self._maybe_close()
 
     def _maybe_close(self) -> None:
         if self.closing and not self.streams:
