@@ -134,6 +134,42 @@ def test_the_batch_bound_is_checked_before_any_allocation():
         parse_infer_request(body.encode(), None)
 
 
+def binary_body(pixels: np.ndarray, datatype: str, request_id: str = "r1") -> tuple[bytes, str]:
+    raw = pixels.tobytes()
+    tensor = {"name": "images", "datatype": datatype, "shape": list(pixels.shape)}
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps({"id": request_id, "inputs": [tensor]}).encode()
+    return header + raw, str(len(header))
+
+
+def test_a_binary_header_seen_before_is_not_reparsed_but_each_requests_values_are_checked():
+    pixels = np.full((2, 32, 32, 3), 7.0, np.float32)
+    first = parse_infer_request(*binary_body(pixels, "FP32"))
+    pixels[1, 0, 0, 0] = np.nan  # the same header, other values
+    with pytest.raises(RequestError, match="finite"):
+        parse_infer_request(*binary_body(pixels, "FP32"))
+    pixels[1, 0, 0, 0] = 300.0
+    with pytest.raises(RequestError, match=r"0\.\.255"):
+        parse_infer_request(*binary_body(pixels, "FP32"))
+    body, length = binary_body(pixels[:1], "FP32")
+    short = body[: int(length)] + body[int(length) : -4]  # the header promises 4 bytes more
+    with pytest.raises(RequestError, match="binary_data_size"):
+        parse_infer_request(short, length)
+    pixels[1, 0, 0, 0] = 9.0
+    request, images = parse_infer_request(*binary_body(pixels, "FP32"))
+    assert request is first[0]  # the header's parse was kept
+    assert images[1, 0, 0, 0] == 9.0 and images[0, 0, 0, 0] == 7.0  # the values were read
+
+
+def test_the_kept_binary_headers_are_bounded():
+    from cifar_deploy.serving import protocol
+
+    pixels = np.zeros((1, 32, 32, 3), np.uint8)
+    for n in range(protocol.KNOWN_HEADS * 3):
+        parse_infer_request(*binary_body(pixels, "UINT8", request_id=f"request {n}"))
+        assert len(protocol._known) <= protocol.KNOWN_HEADS
+
+
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
     from cifar_deploy.serving import load_predictor

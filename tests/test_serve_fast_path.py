@@ -6,6 +6,7 @@ without a task per request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -99,6 +100,23 @@ def _infer(server: str, **extra) -> dict:
 def test_the_response_echoes_the_request_id_and_has_none_when_none_was_given(server):
     assert _infer(server, id="req-42")["id"] == "req-42"
     assert "id" not in _infer(server)
+
+
+def test_a_binary_answer_names_the_request_id_only_when_given_and_carries_the_rows():
+    from cifar_deploy.serving.protocol import encode_infer_response
+
+    binary = {"parameters": {"binary_data_output": True}}
+    for rows in (1, 3, 1):  # the header of a shape is kept: the later answers reuse it
+        probs = np.arange(rows * 10, dtype=np.float32).reshape(rows, 10)
+        for request_id in ("req-7", None, "req-8"):
+            request = {**binary, "id": request_id} if request_id else binary
+            encoded = encode_infer_response(request, "cnn", probs)
+            (name, length), *_ = encoded.headers
+            assert name == b"inference-header-content-length"
+            header = json.loads(encoded.body[: int(length)])
+            assert header.get("id") == request_id
+            assert header["outputs"][0]["shape"] == [rows, 10]
+            assert encoded.body[int(length) :] == probs.tobytes()
 
 
 def test_responses_name_no_server_software(server):

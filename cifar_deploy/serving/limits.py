@@ -172,10 +172,13 @@ class OpenConnections:
         return len(self._connections)
 
 
-def guarded_protocol(limits: ServerLimits, open_connections: OpenConnections | None = None):
+def guarded_protocol(
+    limits: ServerLimits, open_connections: OpenConnections | None = None, lane=None
+):
     """uvicorn's httptools protocol with the connection limit, the request-head timeout and
     JSON 400s for malformed heads; ``open_connections`` is kept bound to the server's set of
-    open connections."""
+    open connections; with ``lane`` (an :class:`~.http_lane.InferLane`), plain inference
+    requests are answered from the protocol (see :mod:`.http_lane`)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     refusals = RateLimitedLog(log)
@@ -231,7 +234,11 @@ def guarded_protocol(limits: ServerLimits, open_connections: OpenConnections | N
             self.transport.write(_json_head(400, "Bad Request", message))
             self.transport.close()
 
-    return GuardedProtocol
+    if lane is None:
+        return GuardedProtocol
+    from .http_lane import lane_protocol
+
+    return lane_protocol(GuardedProtocol, lane)
 
 
 def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None, **kwargs):
@@ -244,7 +251,9 @@ def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None
         app,
         host=host,
         port=port,
-        http=guarded_protocol(limits, getattr(app, "open_connections", None)),
+        http=guarded_protocol(
+            limits, getattr(app, "open_connections", None), getattr(app, "lane", None)
+        ),
         timeout_keep_alive=limits.keep_alive_s,
         timeout_graceful_shutdown=30,
         # Less work per request: nothing reads the client address or an access log, and the

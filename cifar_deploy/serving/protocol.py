@@ -9,9 +9,10 @@ received and what is expected.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -89,19 +90,49 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
     is validated here, in one place (types, ranges, sizes computed with Python integers and
     bounded before numpy sees them), so any malformed request is a :class:`RequestError` that
     names the field. A UTF-8 byte order mark before the JSON is accepted (RFC 8259 lets a parser
-    ignore it); numeric strings and booleans in ``data`` are refused, as Triton refuses them."""
-    if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise RequestError(
-                f"{HEADER_LENGTH} must be an integer, received {header_length[:40]!r}"
-            ) from None
-        if not 0 < json_size <= len(body):
-            raise RequestError(f"{HEADER_LENGTH} {json_size} does not fit a {len(body)}-byte body")
-        head, binary = body[:json_size], body[json_size:]
-    else:
-        head, binary = body, b""
+    ignore it); numeric strings and booleans in ``data`` are refused, as Triton refuses them.
+    The returned request JSON is shared between requests with the same binary-extension header
+    (see :func:`_known_head`): read it, never change it."""
+    if header_length is None:
+        request, tensor = _parse_head(body, 0)
+        return request, tensor
+    try:
+        json_size = int(header_length)
+    except ValueError:
+        raise RequestError(
+            f"{HEADER_LENGTH} must be an integer, received {header_length[:40]!r}"
+        ) from None
+    if not 0 < json_size <= len(body):
+        raise RequestError(f"{HEADER_LENGTH} {json_size} does not fit a {len(body)}-byte body")
+    binary = memoryview(body)[json_size:]  # the tensor bytes, not copied
+    request, tensor = _known_head(body[:json_size], len(binary))
+    return request, tensor.read(binary) if isinstance(tensor, BinaryTensor) else tensor
+
+
+# Binary-extension JSON headers already validated: (header bytes, binary bytes) -> (request,
+# tensor layout). A client sends the same header with every request of one shape, so most
+# requests skip JSON parsing and validation; what depends on the tensor bytes (FP32 values) is
+# still checked for each. Bounded: headers up to KNOWN_HEAD_BYTES, at most KNOWN_HEADS of them.
+KNOWN_HEAD_BYTES = 2048
+KNOWN_HEADS = 64
+_known: dict[tuple[bytes, int], tuple[dict, BinaryTensor]] = {}
+
+
+def _known_head(head: bytes, binary_size: int) -> tuple[dict, BinaryTensor | np.ndarray]:
+    key = (head, binary_size)
+    known = _known.get(key)
+    if known is not None:
+        return known
+    request, tensor = _parse_head(head, binary_size)
+    if isinstance(tensor, BinaryTensor) and len(head) <= KNOWN_HEAD_BYTES:
+        if len(_known) >= KNOWN_HEADS:
+            _known.clear()  # a client cycling through many headers: start over
+        _known[key] = (request, tensor)
+    return request, tensor
+
+
+def _parse_head(head: bytes, binary_size: int) -> tuple[dict, BinaryTensor | np.ndarray]:
+    """(request JSON, its tensor: a binary layout, or the images from JSON ``data``)."""
     try:
         request = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,12 +151,31 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
         raise RequestError(
             f"expected exactly one input named {INPUT_NAME!r}, received {len(inputs)}"
         )
-    return request, parse_tensor(inputs[0], binary)
+    return request, _tensor(inputs[0], binary_size)
 
 
-def parse_tensor(spec: dict, binary: bytes) -> np.ndarray:
+@dataclass(frozen=True, slots=True)
+class BinaryTensor:
+    """A validated binary input: its datatype, shape and size in the bytes after the JSON."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    size: int
+
+    def read(self, binary) -> np.ndarray:
+        array = np.frombuffer(binary[: self.size], dtype=V2_DTYPES[self.datatype])
+        return _check_values(array.reshape(self.shape), self.datatype)
+
+
+def parse_tensor(spec: dict, binary) -> np.ndarray:
     """The images of one V2 input tensor (``spec``: its name, datatype, shape and ``data`` or
     ``parameters.binary_data_size``; ``binary``: the bytes after the JSON), checked."""
+    tensor = _tensor(spec, len(binary))
+    return tensor.read(binary) if isinstance(tensor, BinaryTensor) else tensor
+
+
+def _tensor(spec: dict, binary_size: int) -> BinaryTensor | np.ndarray:
+    """One V2 input tensor checked: the layout of its binary data, or its JSON ``data`` read."""
     name = _text(spec.get("name"), "input 'name'")
     if name != INPUT_NAME:
         raise RequestError(f"unknown input {name!r}; expected {INPUT_NAME!r}")
@@ -134,21 +184,18 @@ def parse_tensor(spec: dict, binary: bytes) -> np.ndarray:
         raise RequestError(f"input datatype {datatype!r} is not accepted; expected UINT8 or FP32")
     shape = _shape(spec.get("shape"))
     count = math.prod(shape)  # Python integers: bounded by MAX_BATCH_ROWS, never overflows
-    dtype = V2_DTYPES[datatype]
     parameters = _object(spec.get("parameters"), "input 'parameters'")
     size = parameters.get("binary_data_size")
-    if size is not None:
-        size = _whole(size, "'binary_data_size'")
-        expected = count * np.dtype(dtype).itemsize
-        if size != expected or size > len(binary):
-            raise RequestError(
-                f"binary_data_size {size} does not match shape {shape} of {datatype} "
-                f"({expected} bytes) or the {len(binary)} bytes sent"
-            )
-        array = np.frombuffer(binary[:size], dtype=dtype)
-    else:
-        array = _numbers(spec.get("data"), count, shape)
-    return _check_values(array.reshape(shape), datatype)
+    if size is None:
+        return _check_values(_numbers(spec.get("data"), count, shape).reshape(shape), datatype)
+    size = _whole(size, "'binary_data_size'")
+    expected = count * np.dtype(V2_DTYPES[datatype]).itemsize
+    if size != expected or size > binary_size:
+        raise RequestError(
+            f"binary_data_size {size} does not match shape {shape} of {datatype} "
+            f"({expected} bytes) or the {binary_size} bytes sent"
+        )
+    return BinaryTensor(datatype, tuple(shape), size)
 
 
 def _shape(shape: object) -> list[int]:
@@ -265,13 +312,19 @@ def check_outputs(request: dict) -> None:
             raise RequestError(f"unknown output {name!r}; expected {OUTPUT_NAME!r}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Encoded:
-    """An encoded infer response: body bytes, content type and extra headers."""
+    """An encoded infer response as it goes on the wire: body bytes, content type and extra
+    headers (lowercase names)."""
 
     body: bytes
-    media_type: str
-    headers: dict[str, str] = field(default_factory=dict)
+    media_type: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+JSON_TYPE = b"application/json"
+BINARY_TYPE = b"application/octet-stream"
+_HEADER_LENGTH_NAME = HEADER_LENGTH.lower().encode()
 
 
 def encode_infer_response(request: dict, name: str, probs: np.ndarray) -> Encoded:
@@ -281,15 +334,33 @@ def encode_infer_response(request: dict, name: str, probs: np.ndarray) -> Encode
     binary = bool((request.get("parameters") or {}).get("binary_data_output")) or any(
         (o.get("parameters") or {}).get("binary_data") for o in wanted
     )
-    output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
-    head = {"model_name": name, "model_version": MODEL_VERSION}
-    if request.get("id"):  # echoed when given; absent otherwise, as Triton answers
-        head["id"] = request["id"]
+    request_id = request.get("id") or None  # echoed when given; absent otherwise, as Triton
     if not binary:
-        body = {**head, "outputs": [{**output, "data": probs.reshape(-1).tolist()}]}
-        return Encoded(json.dumps(body).encode(), "application/json")
+        output = _output(probs.shape)
+        body = {**_head(name, request_id), "outputs": [{**output, "data": probs.ravel().tolist()}]}
+        return Encoded(json.dumps(body).encode(), JSON_TYPE)
     raw = probs.tobytes()
-    header = json.dumps(
-        {**head, "outputs": [{**output, "parameters": {"binary_data_size": len(raw)}}]}
-    ).encode()
-    return Encoded(header + raw, "application/octet-stream", {HEADER_LENGTH: str(len(header))})
+    if request_id is None:  # the usual case: the same header for every answer of this shape
+        header = _binary_header(name, probs.shape)
+    else:
+        header = _binary_header.__wrapped__(name, probs.shape, request_id)
+    return Encoded(header + raw, BINARY_TYPE, ((_HEADER_LENGTH_NAME, b"%d" % len(header)),))
+
+
+def _head(name: str, request_id) -> dict:
+    head = {"model_name": name, "model_version": MODEL_VERSION}
+    if request_id is not None:
+        head["id"] = request_id
+    return head
+
+
+def _output(shape: tuple[int, ...]) -> dict:
+    return {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(shape)}
+
+
+@functools.lru_cache(maxsize=64)
+def _binary_header(name: str, shape: tuple[int, ...], request_id=None) -> bytes:
+    """The JSON header of a binary answer (FP32 probabilities of ``shape``)."""
+    size = math.prod(shape) * 4  # FP32 bytes
+    output = {**_output(shape), "parameters": {"binary_data_size": size}}
+    return json.dumps({**_head(name, request_id), "outputs": [output]}).encode()

@@ -30,7 +30,9 @@ from .images import decode_image, top_k
 from .limits import BodyBudget, OpenConnections, ServerLimits, quiet_loop_errors
 from .protocol import (
     HEADER_LENGTH,
+    JSON_TYPE,
     MODEL_VERSION,
+    Encoded,
     encode_infer_response,
     model_config,
     model_metadata,
@@ -110,10 +112,14 @@ class RouteLabels:
 
 def _infer_target(scope) -> tuple[str, str | None] | None:
     """(model name, version or None) of ``POST /v2/models/{name}[/versions/{v}]/infer``, else
-    None: the path is split once, here."""
-    if scope["method"] != "POST":
-        return None
-    parts = scope["path"].split("/")  # "", "v2", "models", name, ["versions", v,] "infer"
+    None."""
+    return infer_path(scope["path"]) if scope["method"] == "POST" else None
+
+
+def infer_path(path: str) -> tuple[str, str | None] | None:
+    """(model name, version or None) when ``path`` is ``/v2/models/{name}[/versions/{v}]/infer``,
+    else None: the path is split once, here."""
+    parts = path.split("/")  # "", "v2", "models", name, ["versions", v,] "infer"
     if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[4] == "infer":
         return parts[3], None
     if len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions":
@@ -121,11 +127,12 @@ def _infer_target(scope) -> tuple[str, str | None] | None:
     return None
 
 
-async def _send_bytes(send, status: int, body: bytes, content_type: str, headers=None) -> None:
-    raw = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+async def _send(send, status: int, encoded: Encoded) -> None:
+    raw = [(b"content-type", encoded.media_type), (b"content-length", b"%d" % len(encoded.body))]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": raw + [*encoded.headers]}
+    )
+    await send({"type": "http.response.body", "body": encoded.body})
 
 
 class Observe:
@@ -151,7 +158,7 @@ class Observe:
         return self.app.state
 
     async def _json(self, send, status: int, message: str) -> None:
-        await _send_bytes(send, status, _error_body(message), "application/json")
+        await _send(send, status, _error(message))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -184,28 +191,86 @@ class Observe:
                 await self._json(tracking_send, 500, f"internal error: {type(exc).__name__}")
         finally:
             endpoint, name = self.label(scope["path"])
-            model = name if name in self.repository.models else ""  # labels stay bounded
-            self._child("requests", endpoint, model, str(state["status"])).inc()
-            self._child("latency", endpoint, model).observe(time.perf_counter() - started)
-            if model:
-                depth = self.repository.models[model].batcher.queue_depth
-                self._child("queue", model).set(depth)
+            self.count(endpoint, name, state["status"], time.perf_counter() - started)
 
-    def _child(self, metric: str, *labels: str):
-        """``self.m[metric].labels(*labels)``, looked up once per label set (the labels are
-        bounded: route templates, served models and HTTP statuses)."""
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.m[metric].labels(*labels)
-        return child
+    def count(self, endpoint: str, name: str, status: int, seconds: float) -> None:
+        """One answered request in the metrics: by route template, model and status."""
+        key = (endpoint, name, status)
+        children = self._children.get(key)
+        if children is None:  # once per label set: route templates, models and statuses
+            children = self._children[key] = self._bind(endpoint, name, status)
+        requests, latency, queue, batcher = children
+        requests.inc()
+        latency.observe(seconds)
+        if queue is not None:
+            queue.set(batcher.queue_depth)
+
+    def _bind(self, endpoint: str, name: str, status: int) -> tuple:
+        """The metric children of one label set; a model the server does not serve (a 404)
+        shares the empty model label, so no request adds a label of its own choosing."""
+        served = self.repository.models.get(name)
+        model = name if served is not None else ""
+        requests = self.m["requests"].labels(endpoint, model, str(status))
+        latency = self.m["latency"].labels(endpoint, model)
+        if served is None:
+            return requests, latency, None, None
+        return requests, latency, self.m["queue"].labels(model), served.batcher
 
 
-def _error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
+class ServerLane:
+    """The server's side of the HTTP inference lane (see :mod:`.http_lane`): which paths are
+    inference, their answers from :meth:`Repository.infer`, and the lane's own errors, with the
+    same messages, logging and metrics as the ASGI path through :class:`Observe`."""
+
+    def __init__(self, observe: Observe):
+        self.observe, self.repository = observe, observe.repository
+        self.budget = self.repository.body
+
+    @staticmethod
+    def target(path: bytes) -> tuple[str, str | None] | None:
+        try:
+            return infer_path(path.decode("ascii"))
+        except UnicodeDecodeError:
+            return None  # uvicorn's path decides what such a request gets
+
+    async def answer(
+        self, target, infer_length: bytes | None, body: bytes, started: float
+    ) -> tuple[int, Encoded]:
+        status = 500
+        try:
+            length = None if infer_length is None else infer_length.decode("latin-1")
+            status, encoded = await self.repository.infer(*target, body, length)
+            return status, encoded
+        except Exception as exc:  # as on the ASGI path: logged, a JSON 500, and keep serving
+            log.exception("internal error on POST %s", _infer_url(*target))
+            return 500, _error(f"internal error: {type(exc).__name__}")
+        finally:
+            self._count(target, status, started)
+
+    def error(self, target, status: int, message: str, started: float) -> Encoded:
+        self._count(target, status, started)
+        return _error(message)
+
+    def _count(self, target, status: int, started: float) -> None:
+        name, version = target
+        endpoint = INFER_ENDPOINTS[version is not None]
+        self.observe.count(endpoint, name, status, asyncio.get_running_loop().time() - started)
 
 
-def _error(status: int, message: str):
+# The metric labels of the two inference routes: without and with a version.
+INFER_ENDPOINTS = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+
+
+def _infer_url(name: str, version: str | None) -> str:
+    return f"/v2/models/{name}" + ("" if version is None else f"/versions/{version}") + "/infer"
+
+
+def _error(message: str) -> Encoded:
+    """The project's JSON error body."""
+    return Encoded(json.dumps({"error": message}).encode(), JSON_TYPE)
+
+
+def _error_response(status: int, message: str):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status)
@@ -275,7 +340,7 @@ class Repository:
         try:
             return self.model_metadata(model_name, version)
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error_response(exc.status, exc.message)
 
     def model_configuration(self, model_name: str, version: str | None = None) -> dict:
         """Triton's model configuration (REST and gRPC), which perf_analyzer asks for first."""
@@ -287,27 +352,42 @@ class Repository:
         try:
             return self.model_configuration(model_name, version)
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error_response(exc.status, exc.message)
 
     async def model_ready(self, model_name: str, version: str | None = None):
         try:
             return {"name": self.model(model_name, version).name, "ready": True}
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error_response(exc.status, exc.message)
 
-    async def infer_asgi(self, model_name: str, version: str | None, scope, receive, send) -> None:
-        """``POST .../infer`` as a raw ASGI handler: the hot path, without the framework's
-        routing, request and response objects; the same checks and errors as every route."""
+    async def infer(
+        self, model_name: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[int, Encoded]:
+        """(status, encoded answer) of ``POST .../infer`` with this body (and the binary
+        extension's header length, when given): the answer, or the 4xx error that says what is
+        wrong with the request."""
         try:
             model = self.model(model_name, version)
-            body = await self.body.read(receive)
-            length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
-            req, images = parse_infer_request(body, None if length is None else length.decode())
+            req, images = parse_infer_request(body, header_length)
         except RequestError as exc:
-            return await _send_bytes(send, exc.status, _error_body(exc.message), "application/json")
+            return exc.status, _error(exc.message)
         probs = await model.batcher.submit(images)
-        encoded = encode_infer_response(req, model.name, probs)
-        await _send_bytes(send, 200, encoded.body, encoded.media_type, encoded.headers)
+        return 200, encode_infer_response(req, model.name, probs)
+
+    async def infer_asgi(self, model_name: str, version: str | None, scope, receive, send) -> None:
+        """``POST .../infer`` as a raw ASGI handler, without the framework's routing, request
+        and response objects; the same checks and errors as every route. (Plain HTTP/1.1
+        requests take the protocol's own lane instead: see :mod:`.http_lane`.)"""
+        try:
+            self.model(model_name, version)  # an unknown model is named before the body is read
+            body = await self.body.read(receive)
+        except RequestError as exc:
+            return await _send(send, exc.status, _error(exc.message))
+        length = dict(scope["headers"]).get(HEADER_LENGTH.lower().encode())
+        status, encoded = await self.infer(
+            model_name, version, body, None if length is None else length.decode("latin-1")
+        )
+        await _send(send, status, encoded)
 
     async def classify(self, request: Request, top: int = 3, model: str | None = None):
         try:
@@ -322,7 +402,7 @@ class Repository:
             upload = await _upload_bytes(request, await self._body(request))
             image = await asyncio.to_thread(decode_image, upload)  # off the event loop
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error_response(exc.status, exc.message)
         probs = (await served.batcher.submit(image[None]))[0]
         predictions = top_k(probs, top, served.predictor.class_names)
         return {"model_name": served.name, "predictions": predictions}
@@ -360,16 +440,18 @@ def _add_error_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
 
     async def not_found(request, exc):
-        return _error(404, f"no endpoint {request.method} {request.url.path}")
+        return _error_response(404, f"no endpoint {request.method} {request.url.path}")
 
     async def not_allowed(request, exc):
-        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        return _error_response(405, f"{request.method} is not allowed on {request.url.path}")
 
     async def invalid(request, exc):
-        return _error(422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}")
+        return _error_response(
+            422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}"
+        )
 
     async def internal(request, exc):  # the framework re-raises it; Observe logs it
-        return _error(500, f"internal error: {type(exc).__name__}")
+        return _error_response(500, f"internal error: {type(exc).__name__}")
 
     app.add_exception_handler(Exception, internal)
     app.add_exception_handler(404, not_found)
@@ -444,7 +526,9 @@ def create_app(
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
-    return Observe(app, m, repository, connections)
+    observe = Observe(app, m, repository, connections)
+    observe.lane = ServerLane(observe)  # for the protocol (see :func:`~.limits.uvicorn_config`)
+    return observe
 
 
 def load_repository(
