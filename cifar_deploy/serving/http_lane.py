@@ -102,6 +102,8 @@ def lane_protocol(base, lane: InferLane):
                 return None
             if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
                 return None
+            if parser.should_upgrade():
+                return None  # uvicorn decides what an upgrade request gets
             if self.cycle is not None and not self.cycle.response_complete:
                 return None  # pipelined behind an unanswered request: uvicorn queues it
             path, _, _ = self.url.partition(b"?")
@@ -163,12 +165,11 @@ def lane_protocol(base, lane: InferLane):
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             cycle = self.cycle
-            if type(cycle) is LaneCycle and not cycle.received and cycle.timer is None:
-                if not cycle.response_complete:  # a body still on its way: it has a deadline
-                    seconds = budget.limits.body_timeout_s
-                    cycle.timer = self.loop.call_at(
-                        cycle.started + seconds, self._lane_timeout, cycle
-                    )
+            waiting = type(cycle) is LaneCycle and not (cycle.received or cycle.response_complete)
+            if waiting and cycle.timer is None and not self.transport.is_closing():
+                # A body still on its way has a deadline, counted from its head's arrival.
+                deadline = cycle.started + budget.limits.body_timeout_s
+                cycle.timer = self.loop.call_at(deadline, self._lane_timeout, cycle)
 
         def connection_lost(self, exc) -> None:
             cycle = self.cycle
