@@ -3,7 +3,10 @@
 Same model in every server (a TFLite artifact under LiteRT with the same thread count), the same
 dynamic-batching settings where the server has them (Triton: python backend with
 ``max_queue_delay_microseconds``; KServe has none), single-image requests with binary tensors,
-closed loop at each concurrency, rounds alternating the servers' order. Triton serves the
+closed loop at each concurrency. All servers are started at once and stay up; at each
+concurrency they are measured back to back (the others idle), the order alternating between
+rounds, so that each comparison is between measurements seconds apart on this VM, whose speed
+drifts. The first server's throughput over each other's is printed round by round. Triton serves the
 repository ``export --format triton-python`` writes, holding the same TFLite file.
 perf_analyzer's own requests/s and p50/p99 latencies are quoted. The peers come from
 ``bash ../shared/peers/setup.sh`` (default ``/tmp/peers-env``); everything stays on 127.0.0.1
@@ -318,6 +321,25 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def print_ratios(results: list[dict], servers: list[str], levels: list[int], rounds: int) -> None:
+    """The first server's requests/s over each other's, round by round (measured back to back),
+    with both p99s."""
+    first, cells = servers[0], {}
+    for x in results:
+        if "throughput" in x:
+            cells[x["round"], x["server"], x["concurrency"]] = x
+    for other in servers[1:]:
+        print(f"\n{first} / {other}, round by round (requests/s ratio; p99 ms, ours/theirs):")
+        for c in levels:
+            parts = []
+            for r in range(1, rounds + 1):
+                a, b = cells.get((r, first, c)), cells.get((r, other, c))
+                if a and b:
+                    ratio = a["throughput"] / b["throughput"]
+                    parts.append(f"{ratio:.2f}x ({a['p99_ms']:.1f}/{b['p99_ms']:.1f})")
+            print(f"  {c}: " + ", ".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
@@ -354,20 +376,24 @@ def main() -> None:
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for r in range(args.rounds):
-            order = servers if r % 2 == 0 else servers[::-1]
-            for server in order:
-                proc, ports = starters[server](work)
-                try:
-                    wait_ready(ports["http"], proc, server)
-                    for c in levels:
-                        figures = perf_analyzer(args, ports, c, work, server)
+        running: dict[str, tuple[subprocess.Popen, dict]] = {}
+        try:
+            for server in servers:  # all up at once, idle while another is measured
+                (work / server).mkdir()
+                running[server] = starters[server](work / server)
+                wait_ready(running[server][1]["http"], running[server][0], server)
+            for r in range(args.rounds):
+                order = servers if r % 2 == 0 else servers[::-1]
+                for c in levels:  # the servers back to back at each concurrency
+                    for server in order:
+                        figures = perf_analyzer(args, running[server][1], c, work, server)
                         results.append(
                             {"round": r + 1, "server": server, "concurrency": c, **figures}
                         )
                         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-                finally:
-                    stop(proc)
+        finally:
+            for proc, _ in running.values():
+                stop(proc)
     print(
         f"\n{cpu_name()}, {os.cpu_count()} cores; {args.artifact.name}, LiteRT {args.threads} "
         f"threads; perf_analyzer over {args.protocol}, single-image binary requests; "
@@ -391,6 +417,7 @@ def main() -> None:
                 f"p99 {min(p99):.1f}-{max(p99):.1f} ms"
             )
         print(f"| {c} | " + " | ".join(cells) + " |")
+    print_ratios(results, servers, levels, args.rounds)
     if args.json_out:
         args.json_out.write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=2))
 
