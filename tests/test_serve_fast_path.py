@@ -288,6 +288,33 @@ def test_a_batch_goes_once_it_holds_as_many_requests_as_were_lately_in_flight_to
     assert seen == [4, 4, 4]  # every round of the four clients is one batch
 
 
+def test_requests_still_arriving_when_the_delay_passes_join_the_batch_and_then_it_goes():
+    seen = []
+
+    def predict(x):
+        seen.append(len(x))
+        return np.zeros((len(x), 10), np.float32)
+
+    one = np.zeros((1, 32, 32, 3), np.uint8)
+
+    async def main():
+        batcher = DynamicBatcher(predict, 64, max_queue_delay_ms=1)
+        batcher.start()
+        recently_busy(batcher, 8)  # eight expected: the batch waits for more
+        calls = []
+        for _ in range(6):  # an event loop busy reading requests: one per turn, 0.5 ms each
+            calls.append(asyncio.ensure_future(batcher.submit(one)))
+            time.sleep(0.0005)
+            await asyncio.sleep(0)
+        # Six arrived over 3 ms, well past the 1 ms delay, and no more come: the batch holds
+        # all six, then goes without waiting for the eight it expected.
+        await asyncio.wait_for(asyncio.gather(*calls), 10)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert seen == [6]
+
+
 def test_the_in_flight_peak_is_forgotten_after_two_quiet_windows(monkeypatch):
     import cifar_deploy.serving.batcher as batcher_module
 

@@ -11,6 +11,13 @@ under load a batch waits only until everyone who has recently been sending is in
 that arrive while a batch runs form the next one. The merged batch runs on one worker thread
 (off the event loop, one inference at a time), and each caller gets exactly its own rows back.
 
+When the delay has passed, the batch still takes in the requests the server is already
+reading: it goes after a couple of event-loop turns that bring no new request (or once full).
+Under load the event loop reads, parses and hands over requests one after another, so a closed
+loop of 32 clients reached the queue over 1.8 ms in one trace on a 2-core machine, close to the
+default delay: a request already received was otherwise left for the next batch, a whole
+inference later.
+
 The wait also ends early when the server knows no further request can come: it passes
 ``more_possible``, which says no when every open HTTP/1.1 connection already has its request in
 the forming batch (each connection carries one request at a time) and no gRPC call is in
@@ -40,6 +47,9 @@ import numpy as np
 
 # The in-flight peak is kept over windows of this length (the current one and the one before).
 PEAK_WINDOW_S = 1.0
+# Event-loop turns a passed deadline waits for requests already on their way in (see
+# _still_arriving); the wait repeats while each such wait brings one.
+ARRIVAL_TURNS = 2
 
 
 @dataclass
@@ -72,6 +82,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="infer")
         self._in_flight = 0  # submitted, not yet answered
+        self._submitted = 0  # requests submitted since the start
         # The most requests in flight together in this window and the one before it.
         self._peak = 0
         self._peak_before = 0
@@ -102,6 +113,7 @@ class DynamicBatcher:
         if self._wake is None:
             raise RuntimeError("batcher not started")
         loop = asyncio.get_running_loop()
+        self._submitted += 1
         self._in_flight += 1
         self._note_in_flight(loop.time())
         future = loop.create_future()
@@ -142,10 +154,14 @@ class DynamicBatcher:
         deadline = loop.time() + self.max_delay
         while rows < self.max_batch_size:
             if not self._queue:
-                if len(batch) >= self.expected_together() or loop.time() >= deadline:
-                    break  # everyone lately sending is in (a lone request: at once), or time
+                if len(batch) >= self.expected_together():
+                    break  # everyone lately sending is in (a lone request: at once)
                 if self._more_possible is not None and not self._more_possible(len(batch)):
                     break  # nobody is left to send one: waiting would only idle the worker
+                if loop.time() >= deadline:
+                    if not await self._still_arriving():
+                        break  # time, and nothing more is on its way in
+                    continue
                 self._wake.clear()
                 timer = loop.call_at(deadline, self._wake.set)
                 await self._wake.wait()
@@ -157,6 +173,15 @@ class DynamicBatcher:
             batch.append(item)
             rows += len(item.images)
         return batch
+
+    async def _still_arriving(self) -> bool:
+        """Whether requests reached the queue over the next turns of the event loop: requests
+        the server has already received but is still reading, parsing and handing over (one
+        turn to read a socket and start a request's handler, one for the handler to submit)."""
+        submitted = self._submitted
+        for _ in range(ARRIVAL_TURNS):
+            await asyncio.sleep(0)
+        return self._submitted != submitted
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
