@@ -135,6 +135,14 @@ def serving(app, limits=None):
     """``app`` served by uvicorn in a thread on a free loopback port, configured as ``serve``
     configures it (with ``limits``); yields "127.0.0.1:PORT" once it has started, and stops it
     afterwards."""
+    with serving_server(app, limits) as (address, _):
+        yield address
+
+
+@contextlib.contextmanager
+def serving_server(app, limits=None):
+    """As :func:`serving`, yielding ("127.0.0.1:PORT", the uvicorn server): a test can stop it
+    early (``server.should_exit = True``)."""
     import uvicorn
 
     from cifar_deploy.serving.limits import uvicorn_config
@@ -147,7 +155,7 @@ def serving(app, limits=None):
         time.sleep(0.05)
     assert server.started, "server did not start"
     try:
-        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(timeout=30)

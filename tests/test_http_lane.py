@@ -18,9 +18,8 @@ import pytest
 import requests
 
 from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.limits import ServerLimits
 from cifar_deploy.serving.server import create_app
-from tests.helpers import serving
+from tests.helpers import serving, serving_server
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
 
@@ -250,10 +249,6 @@ def test_lane_answers_are_counted_under_their_route_in_the_metrics(server):
 
 
 def test_a_stopping_server_answers_the_lane_request_it_holds_then_closes(tiny_onnx):
-    import uvicorn
-
-    from cifar_deploy.serving.limits import uvicorn_config
-
     predictor = load_predictor(tiny_onnx)
     running, release = threading.Event(), threading.Event()
     predict = predictor.predict
@@ -265,16 +260,8 @@ def test_a_stopping_server_answers_the_lane_request_it_holds_then_closes(tiny_on
 
     predictor.predict = held_predict
     app = create_app(predictor, "cnn", max_queue_delay_ms=1)
-    limits = ServerLimits()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, limits, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        with connect(f"127.0.0.1:{port}") as conn:
+        with serving_server(app) as (address, server), connect(address) as conn:
             conn.sendall(b"".join(binary_request()))
             assert running.wait(30)
             server.should_exit = True  # stop while the answer is being computed
@@ -284,6 +271,4 @@ def test_a_stopping_server_answers_the_lane_request_it_holds_then_closes(tiny_on
             assert conn.recv(1) == b""  # and then the connection is closed
     finally:
         release.set()
-        server.should_exit = True
-        thread.join(timeout=30)
     assert status == 200 and headers["connection"] == "close"
