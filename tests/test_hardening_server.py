@@ -187,15 +187,17 @@ def test_predict_reports_an_image_bomb_in_one_line_and_classifies_the_rest(tiny_
     assert results[1]["error"] is None and len(results[1]["predictions"]) == 3
 
 
-def test_metrics_labels_stay_bounded_whatever_paths_are_asked(server):
+def test_metrics_labels_stay_bounded_whatever_paths_are_asked(app, server):
     session = requests.Session()
     for i in range(300):
         session.get(f"http://{server}/no/such/path/{i}", timeout=5)
         session.get(f"http://{server}/v2/models/cnn/versions/{i}/nonsense", timeout=5)
+        session.post(f"http://{server}/v2/models/model-{i}/infer", data=b"{}", timeout=5)
     text = session.get(f"http://{server}/metrics", timeout=5).text
-    assert "/no/such/path" not in text and "nonsense" not in text
+    assert "/no/such/path" not in text and "nonsense" not in text and "model-" not in text
     assert 'endpoint="unmatched"' in text
     assert len(text) < 40_000  # bytes: one label set per route template, not per path
+    assert len(app._children) < 40  # and one kept entry per label set, not per name asked
 
 
 def test_repeated_event_loop_errors_are_one_line_a_second(caplog):

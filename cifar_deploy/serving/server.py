@@ -194,22 +194,23 @@ class Observe:
             self.count(endpoint, name, state["status"], time.perf_counter() - started)
 
     def count(self, endpoint: str, name: str, status: int, seconds: float) -> None:
-        """One answered request in the metrics: by route template, model and status."""
-        key = (endpoint, name, status)
+        """One answered request in the metrics: by route template, model and status. A model
+        the server does not serve (a 404) counts under the empty model label, so no request
+        adds a label, or an entry here, of its own choosing."""
+        model = name if name in self.repository.models else ""
+        key = (endpoint, model, status)
         children = self._children.get(key)
         if children is None:  # once per label set: route templates, models and statuses
-            children = self._children[key] = self._bind(endpoint, name, status)
+            children = self._children[key] = self._bind(endpoint, model, status)
         requests, latency, queue, batcher = children
         requests.inc()
         latency.observe(seconds)
         if queue is not None:
             queue.set(batcher.queue_depth)
 
-    def _bind(self, endpoint: str, name: str, status: int) -> tuple:
-        """The metric children of one label set; a model the server does not serve (a 404)
-        shares the empty model label, so no request adds a label of its own choosing."""
-        served = self.repository.models.get(name)
-        model = name if served is not None else ""
+    def _bind(self, endpoint: str, model: str, status: int) -> tuple:
+        """The metric children of one label set (``model``: a served model, or "")."""
+        served = self.repository.models.get(model) if model else None
         requests = self.m["requests"].labels(endpoint, model, str(status))
         latency = self.m["latency"].labels(endpoint, model)
         if served is None:
