@@ -95,7 +95,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
     (see :func:`_known_head`): read it, never change it."""
     if header_length is None:
         request, tensor = _parse_head(body, 0)
-        return request, tensor
+        return request, _images(tensor, b"")  # a binary layout with no bytes was refused
     try:
         json_size = int(header_length)
     except ValueError:
@@ -106,7 +106,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, n
         raise RequestError(f"{HEADER_LENGTH} {json_size} does not fit a {len(body)}-byte body")
     binary = memoryview(body)[json_size:]  # the tensor bytes, not copied
     request, tensor = _known_head(body[:json_size], len(binary))
-    return request, tensor.read(binary) if isinstance(tensor, BinaryTensor) else tensor
+    return request, _images(tensor, binary)
 
 
 # Binary-extension JSON headers already validated: (header bytes, binary bytes) -> (request,
@@ -170,7 +170,11 @@ class BinaryTensor:
 def parse_tensor(spec: dict, binary) -> np.ndarray:
     """The images of one V2 input tensor (``spec``: its name, datatype, shape and ``data`` or
     ``parameters.binary_data_size``; ``binary``: the bytes after the JSON), checked."""
-    tensor = _tensor(spec, len(binary))
+    return _images(_tensor(spec, len(binary)), binary)
+
+
+def _images(tensor: BinaryTensor | np.ndarray, binary) -> np.ndarray:
+    """A checked tensor's images: read from ``binary`` for a binary layout, else as parsed."""
     return tensor.read(binary) if isinstance(tensor, BinaryTensor) else tensor
 
 
