@@ -4,6 +4,7 @@ atomic writes, and every error path through the CLI."""
 from __future__ import annotations
 
 import json
+import signal
 import zipfile
 from pathlib import Path
 
@@ -235,6 +236,19 @@ def test_ctrl_c_mid_export_stops_everything_and_leaves_nothing_behind(
     tiny_model, tmp_path, monkeypatch
 ):
     _failing_format(monkeypatch, "onnx", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_the_converter_turned_into_another_error_still_stops_everything(
+    tiny_model, tmp_path, monkeypatch
+):
+    from cifar_deploy import interrupts
+
+    # what the handler does when SIGTERM lands inside native code that then fails otherwise
+    monkeypatch.setattr(interrupts, "_received", [signal.SIGTERM])
+    _failing_format(monkeypatch, "onnx", TypeError("expected a message argument"))
     with pytest.raises(KeyboardInterrupt):
         export_model(tiny_model, "onnx", ExportOptions(quantization="none"), tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -319,7 +319,12 @@ def run_export(
     except BaseException as exc:
         if placed:  # interrupted between the two renames: take the artifact back out
             _remove(target)
-        if isinstance(exc, (CifarDeployError, KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        # A signal raised inside the converter's code may come out as some other error (tf2onnx
+        # once turned one into "expected a message argument"): the signal wins, never a failure.
+        interrupts.check()
+        if isinstance(exc, CifarDeployError):
             raise
         reason = one_line(exc, limit=300)
         raise ExportError(f"{fmt.name} ({quantization}) export failed: {reason}") from exc
