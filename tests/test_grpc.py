@@ -20,12 +20,17 @@ def predictor(tiny_onnx):
 
 
 @pytest.fixture(scope="module")
-def client(predictor):
+def app(predictor):
     app = create_app(predictor, "cnn", max_queue_delay_ms=5, grpc_port=0)
     with serving(app):
-        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{app.state.grpc_port}")
-        yield client
-        client.close()
+        yield app
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{app.state.grpc_port}")
+    yield client
+    client.close()
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -83,3 +88,40 @@ def test_a_wrong_shape_is_invalid_argument(client):
     tensor.set_data_from_numpy(np.zeros((1, 16, 16, 3), np.uint8))
     with pytest.raises(InferenceServerException, match=r"expected shape \[N, 32, 32, 3\]"):
         client.infer("cnn", [tensor])
+
+
+def test_calls_are_counted_in_the_request_metrics_by_method_model_and_code(app, client):
+    registry = app.state.repository.registry
+    infer_path = "/inference.GRPCInferenceService/ModelInfer"
+
+    def calls(endpoint, model, status):
+        labels = {"endpoint": endpoint, "model": model, "status": status}
+        return registry.get_sample_value("cifar_requests_total", labels) or 0.0
+
+    def seconds_observed(endpoint, model):
+        labels = {"endpoint": endpoint, "model": model}
+        return registry.get_sample_value("cifar_request_latency_seconds_count", labels) or 0.0
+
+    before = {
+        "ok": calls(infer_path, "cnn", "OK"),
+        "bad": calls(infer_path, "cnn", "INVALID_ARGUMENT"),
+        "unknown": calls(infer_path, "", "NOT_FOUND"),
+        "ready": calls("/inference.GRPCInferenceService/ModelReady", "cnn", "OK"),
+        "latency": seconds_observed(infer_path, "cnn"),
+    }
+    for seed in range(3):
+        infer(client, images(1, seed))
+    with pytest.raises(InferenceServerException):
+        infer(client, images(1), name="pixels")
+    for name in ("other-1", "other-2"):  # unknown names share the empty model label
+        with pytest.raises(InferenceServerException):
+            infer(client, images(1), model=name)
+    assert client.is_model_ready("cnn")
+    assert calls(infer_path, "cnn", "OK") - before["ok"] == 3
+    assert calls(infer_path, "cnn", "INVALID_ARGUMENT") - before["bad"] == 1
+    assert calls(infer_path, "", "NOT_FOUND") - before["unknown"] == 2
+    assert calls("/inference.GRPCInferenceService/ModelReady", "cnn", "OK") - before["ready"] == 1
+    assert seconds_observed(infer_path, "cnn") - before["latency"] == 4
+    counted = registry.collect()
+    models = {s.labels["model"] for m in counted for s in m.samples if "model" in s.labels}
+    assert models == {"cnn", ""}

@@ -13,6 +13,9 @@ NOT_FOUND, 413 -> RESOURCE_EXHAUSTED). The message classes are the ones ``triton
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from ..errors import RequestError
@@ -20,6 +23,7 @@ from .grpc_wire import (
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,
+    OK,
     RESOURCE_EXHAUSTED,
     GrpcError,
     GrpcServer,
@@ -29,6 +33,14 @@ from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
 SERVICE = "inference.GRPCInferenceService"
 # REST status -> gRPC status code.
 STATUS_CODES = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED}
+# gRPC status code -> its name, the ``status`` label of a gRPC call in the request metrics.
+CODE_NAMES = {
+    OK: "OK",
+    INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    NOT_FOUND: "NOT_FOUND",
+    RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    INTERNAL: "INTERNAL",
+}
 # Typed contents fields by V2 datatype (when a client sends no raw_input_contents).
 CONTENTS_FIELDS = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 
@@ -57,10 +69,13 @@ def request_images(request) -> np.ndarray:
     return parse_tensor(spec, b"")
 
 
-def service_methods(repository) -> dict:
+def service_methods(repository, count: Callable | None = None) -> dict:
     """``{"/inference.GRPCInferenceService/Method": async (request bytes) -> response bytes}``
     for ``repository`` (the REST server's :class:`Repository`); a bad request raises
-    :class:`~.grpc_wire.GrpcError` with the REST message and the matching status code."""
+    :class:`~.grpc_wire.GrpcError` with the REST message and the matching status code.
+    ``count(endpoint, model, status, seconds)`` (the REST server's
+    :meth:`~.server.Observe.count`) is told of every call: the method's path, the model the
+    request names, the gRPC status code's name and the seconds it took."""
     from google.protobuf import json_format
 
     pb, config_pb = _messages()
@@ -141,13 +156,25 @@ def service_methods(repository) -> dict:
             raw_output_contents=[probs.tobytes()],
         )
 
-    def method(request_type, handler):
+    def method(path, request_type, handler):
         async def call(data: bytes) -> bytes:
+            started, model, code = time.perf_counter(), "", INTERNAL
             try:
-                request = request_type.FromString(data)
-            except Exception:
-                raise GrpcError(INTERNAL, f"not a valid {request_type.__name__}") from None
-            return (await handler(request)).SerializeToString()
+                try:
+                    request = request_type.FromString(data)
+                except Exception:
+                    raise GrpcError(INTERNAL, f"not a valid {request_type.__name__}") from None
+                # ModelInfer names its model in model_name, the model queries in name
+                model = getattr(request, "model_name", None) or getattr(request, "name", "")
+                response = (await handler(request)).SerializeToString()
+                code = OK
+                return response
+            except GrpcError as exc:
+                code = exc.code
+                raise
+            finally:
+                if count is not None:
+                    count(path, model, CODE_NAMES[code], time.perf_counter() - started)
 
         return call
 
@@ -161,14 +188,18 @@ def service_methods(repository) -> dict:
         "RepositoryIndex": (pb.RepositoryIndexRequest, repository_index),
         "ModelInfer": (pb.ModelInferRequest, model_infer),
     }
-    return {f"/{SERVICE}/{name}": method(*pair) for name, pair in table.items()}
+    paths = {name: f"/{SERVICE}/{name}" for name in table}
+    return {paths[name]: method(paths[name], *pair) for name, pair in table.items()}
 
 
-async def start_grpc(repository, host: str, port: int, max_message_bytes: int, budget=None):
+async def start_grpc(
+    repository, host: str, port: int, max_message_bytes: int, budget=None, count=None
+):
     """A started gRPC server (:class:`~.grpc_wire.GrpcServer`) on ``host:port``; the caller
     stops it. ``port`` 0 picks a free port (``server.bound_port``). ``budget`` (the REST
     server's :class:`~.limits.BodyBudget`) caps the bytes of partly received requests across
-    both protocols."""
+    both protocols; ``count`` records each call in the request metrics (see
+    :func:`service_methods`)."""
     limit = max_message_bytes + 2**16  # room for the message around the tensor bytes
-    server = GrpcServer(service_methods(repository), limit, budget)
+    server = GrpcServer(service_methods(repository, count), limit, budget)
     return await server.start(host, port)

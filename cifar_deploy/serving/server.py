@@ -193,10 +193,11 @@ class Observe:
             endpoint, name = self.label(scope["path"])
             self.count(endpoint, name, state["status"], time.perf_counter() - started)
 
-    def count(self, endpoint: str, name: str, status: int, seconds: float) -> None:
-        """One answered request in the metrics: by route template, model and status. A model
-        the server does not serve (a 404) counts under the empty model label, so no request
-        adds a label, or an entry here, of its own choosing."""
+    def count(self, endpoint: str, name: str, status: int | str, seconds: float) -> None:
+        """One answered request in the metrics: by route template (a gRPC call: its method's
+        path), model and status (a gRPC call: its status code's name). A model the server does
+        not serve (a 404) counts under the empty model label, so no request adds a label, or an
+        entry here, of its own choosing."""
         model = name if name in self.repository.models else ""
         key = (endpoint, model, status)
         children = self._children.get(key)
@@ -208,7 +209,7 @@ class Observe:
         if queue is not None:
             queue.set(batcher.queue_depth)
 
-    def _bind(self, endpoint: str, model: str, status: int) -> tuple:
+    def _bind(self, endpoint: str, model: str, status: int | str) -> tuple:
         """The metric children of one label set (``model``: a served model, or "")."""
         served = self.repository.models.get(model) if model else None
         requests = self.m["requests"].labels(endpoint, model, str(status))
@@ -513,7 +514,7 @@ def create_app(
             from .grpc_server import start_grpc
 
             grpc_server = await start_grpc(
-                repository, grpc_host, grpc_port, max_payload_bytes, body
+                repository, grpc_host, grpc_port, max_payload_bytes, body, observe.count
             )
             app.state.grpc_port = grpc_server.bound_port
         yield
