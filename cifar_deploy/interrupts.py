@@ -5,7 +5,9 @@ The CLI calls :func:`install` once. Both signals then raise ``KeyboardInterrupt`
 thread, so every ``finally`` and ``except BaseException`` cleanup runs for either (a default
 SIGTERM would end the process with no cleanup at all). A signal that arrives while a converter
 runs native code may be raised inside the library and lost there; :func:`check` after each
-converter call raises it again.
+converter call raises it again. One that lands in a destructor or callback, where Python can only
+print it as "Exception ignored" with a traceback, is not printed: it is recorded, and
+:func:`check` raises it.
 
 Scratch folders carry the creating process's id (:func:`scratch_prefix`), so a later run can
 remove the ones a killed process left behind (:func:`remove_stale`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 _received: list[int] = []  # signals seen since install()
@@ -26,10 +29,17 @@ def _handler(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(args) -> None:
+    if isinstance(args.exc_value, KeyboardInterrupt) and _received:
+        return  # our own interrupt, raised where it could not propagate: check() raises it
+    sys.__unraisablehook__(args)
+
+
 def install() -> None:
     """Handle SIGINT and SIGTERM as ``KeyboardInterrupt`` (main thread only)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handler)
+    sys.unraisablehook = _unraisable
 
 
 def check() -> None:

@@ -150,6 +150,34 @@ def test_scratch_folders_of_a_killed_export_are_removed_by_the_next_run(tiny_mod
     assert live.exists()
 
 
+SIGNAL_IN_A_DESTRUCTOR = """
+import os, signal, sys
+from cifar_deploy import interrupts
+interrupts.install()
+class Holder:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, where nothing can catch it
+        sum(range(1000))
+holder = Holder()
+del holder
+try:
+    interrupts.check()
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_signal_landing_in_a_destructor_prints_no_traceback_and_is_raised_after():
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_A_DESTRUCTOR],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "interrupted", "")
+
+
 @pytest.mark.slow
 def test_sigterm_during_export_exits_130_and_leaves_nothing_behind(tiny_model, tmp_path):
     out = tmp_path / "out"
