@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
@@ -805,6 +806,19 @@ def pipeline_cmd(
             console.out.print(f"report: {report}")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _unwrap_help_paragraphs() -> None:
+    """Each paragraph of every command's docstring on one line, so that ``--help`` wraps it to
+    the terminal's width (typer keeps a docstring's own line breaks after its first paragraph,
+    which in an 80-column terminal leaves ragged half-lines)."""
+    for info in app.registered_commands:
+        if info.help is None and info.callback.__doc__:
+            paragraphs = inspect.cleandoc(info.callback.__doc__).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.splitlines()) for p in paragraphs)
+
+
+_unwrap_help_paragraphs()
 
 
 # ---------------------------------------------------------------------------------------------

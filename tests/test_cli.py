@@ -31,6 +31,21 @@ def test_help_lists_the_commands():
     assert "train" in result.stdout and "models" in result.stdout
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_help_paragraphs_wrap_to_the_terminal_width(columns):
+    result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0
+    prose = [line.strip() for line in result.stdout.splitlines() if "│" not in line]
+    words = " ".join(prose).split()
+    assert "a directory: exports/cnn/ serves every artifact" in " ".join(words)
+    lines = [line for line in prose if line]
+    # no ragged half-lines: every line of a paragraph but its last fills most of the width
+    paragraph = next(i for i, line in enumerate(lines) if line.startswith("ARTIFACT is"))
+    end = next(i for i, line in enumerate(lines) if "(see README" in line)
+    assert end > paragraph
+    assert all(len(line) > (columns - 2) * 0.6 for line in lines[paragraph:end])
+
+
 def test_train_help_explains_the_options():
     result = invoke("train", "--help")
     assert result.exit_code == 0
