@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import RequestError
 from .grpc_wire import (
+    CODE_NAMES,
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,
@@ -33,14 +34,6 @@ from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
 SERVICE = "inference.GRPCInferenceService"
 # REST status -> gRPC status code.
 STATUS_CODES = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED}
-# gRPC status code -> its name, the ``status`` label of a gRPC call in the request metrics.
-CODE_NAMES = {
-    OK: "OK",
-    INVALID_ARGUMENT: "INVALID_ARGUMENT",
-    NOT_FOUND: "NOT_FOUND",
-    RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
-    INTERNAL: "INTERNAL",
-}
 # Typed contents fields by V2 datatype (when a client sends no raw_input_contents).
 CONTENTS_FIELDS = {"UINT8": "uint_contents", "FP32": "fp32_contents"}
 
@@ -75,7 +68,7 @@ def service_methods(repository, count: Callable | None = None) -> dict:
     :class:`~.grpc_wire.GrpcError` with the REST message and the matching status code.
     ``count(endpoint, model, status, seconds)`` (the REST server's
     :meth:`~.server.Observe.count`) is told of every call: the method's path, the model the
-    request names, the gRPC status code's name and the seconds it took."""
+    request names, the gRPC status code's name (the ``status`` label) and the seconds it took."""
     from google.protobuf import json_format
 
     pb, config_pb = _messages()
