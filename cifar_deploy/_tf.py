@@ -21,6 +21,10 @@ def set_verbose(verbose: bool) -> None:
     _VERBOSE = verbose
 
 
+def is_verbose() -> bool:
+    return _VERBOSE
+
+
 def _quiet_env() -> None:
     if _VERBOSE:
         return

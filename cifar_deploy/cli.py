@@ -23,7 +23,6 @@ from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     CifarDeployError,
-    InvalidModelError,
     InvalidOptionError,
 )
 from .serving.limits import ServerLimits
@@ -634,6 +633,15 @@ def serve_cmd(
             help="Seconds a request may take to send its body (then 408).", min=0.1, callback=finite
         ),
     ] = ServerLimits.body_timeout_s,
+    workers: Annotated[
+        int,
+        Opt(
+            help="Server processes sharing the ports (SO_REUSEPORT), each with its own copy of "
+            "the models; --threads is per worker (default: the cores shared out).",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
 ):
     """Serve an artifact, or a directory of them, over the Open Inference Protocol (KServe V2)
     with dynamic batching.
@@ -647,13 +655,15 @@ def serve_cmd(
     Ctrl-C or SIGTERM lets in-flight requests finish. Connections that send nothing are closed
     after --header-timeout-s, bodies must arrive within --body-timeout-s, and at most
     --max-connections are open at once (see README, "Limits").
-    """
-    import uvicorn
 
-    from .serving import load_predictor
-    from .serving.artifacts import is_repository
-    from .serving.limits import raise_open_file_limit, uvicorn_config
-    from .serving.server import create_app, load_repository
+    --workers N runs N server processes on the same ports, each with its own event loop and
+    batchers: the kernel spreads connections over them and a connection stays with one. It pays
+    under many concurrent connections; a lone request runs on one worker's share of the cores.
+    /metrics sums every worker's values.
+    """
+    from .serving.launch import ServeOptions, serve_here
+    from .serving.limits import raise_open_file_limit
+    from .serving.runtimes import default_threads
 
     if host not in LOOPBACK_HOSTS:
         console.warn(
@@ -667,44 +677,36 @@ def serve_cmd(
             f"{max_connections} to {files - 64}"
         )
         max_connections = files - 64
-    limits = ServerLimits(header_timeout_s, body_timeout_s, max_connections)
-
-    skipped: dict[str, str] = {}
-    if is_repository(artifact):
-        if name is not None:
-            raise InvalidOptionError(
-                "--name names one artifact; a directory's models are named after their files"
-            )
-        predictors, skipped = load_repository(artifact, device.value, threads)
-        for bad, why in skipped.items():
-            console.err.print(f"[yellow]skipped {bad}:[/] {why}", highlight=False)
-        if not predictors:
-            raise InvalidModelError(f"{artifact}: none of its {len(skipped)} artifacts loads")
-    else:
-        predictor = load_predictor(artifact, device=device.value, threads=threads)
-        predictors = {name or predictor.metadata.model_name: predictor}
-    app_ = create_app(
-        predictors,
-        None,
+    options = ServeOptions(
+        artifact,
+        name,
+        host,
+        port,
+        grpc_port,
         max_batch_size,
         max_queue_delay_ms,
+        threads if threads is not None or workers == 1 else max(1, default_threads() // workers),
+        device.value,
         int(max_payload_mb * 2**20),
-        skipped=skipped,
-        grpc_port=grpc_port,
-        grpc_host=host,
-        limits=limits,
+        ServerLimits(header_timeout_s, body_timeout_s, max_connections),
+        _tf.is_verbose(),
     )
-    if grpc_port is not None:
-        console.err.print(f"gRPC (inference.GRPCInferenceService) on {host}:{grpc_port}")
-    for model_name, predictor in predictors.items():
-        console.err.print(
-            f"serving {predictor.path} as {model_name!r} ({predictor.provider}) on "
-            f"http://{host}:{port}/v2/models/{model_name}",
-            highlight=False,
-        )
-    server = uvicorn.Server(uvicorn_config(app_, host, port, limits, log_level="warning"))
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it stopped on,
-        server.run()  # after its graceful shutdown: the server ended as asked, exit 0
+    if workers == 1:
+        serve_here(options, _announce)
+        return
+    from .serving.workers import serve_workers
+
+    serve_workers(options, workers, lambda started: _announce(started, workers))
+
+
+def _announce(started, workers: int = 1) -> None:
+    """What a started server prints: skipped artifacts, then what it serves, and where."""
+    for bad, why in started.skipped:
+        console.err.print(f"[yellow]skipped {bad}:[/] {why}", highlight=False)
+    for line in started.lines:
+        console.err.print(line, highlight=False)
+    if workers > 1:
+        console.err.print(f"{workers} worker processes, each serving every model", highlight=False)
 
 
 @app.command("predict")

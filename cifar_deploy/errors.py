@@ -103,6 +103,13 @@ class DeviceUnavailableError(CifarDeployError):
     fallback."""
 
 
+class WorkerError(CifarDeployError):
+    """A worker process of ``serve --workers`` ended without being asked to; the others are
+    stopped with it."""
+
+    exit_code = EXIT_FAILURE
+
+
 class RequestError(CifarDeployError):
     """A bad request or input file (an undecodable image, a malformed inference request): the
     server answers it with ``status`` and this message; ``predict`` reports it for that file."""

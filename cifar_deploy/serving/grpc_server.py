@@ -186,13 +186,13 @@ def service_methods(repository, count: Callable | None = None) -> dict:
 
 
 async def start_grpc(
-    repository, host: str, port: int, max_message_bytes: int, budget=None, count=None
+    repository, host: str, port: int, max_message_bytes: int, budget=None, count=None, sock=None
 ):
     """A started gRPC server (:class:`~.grpc_wire.GrpcServer`) on ``host:port``; the caller
     stops it. ``port`` 0 picks a free port (``server.bound_port``). ``budget`` (the REST
     server's :class:`~.limits.BodyBudget`) caps the bytes of partly received requests across
     both protocols; ``count`` records each call in the request metrics (see
-    :func:`service_methods`)."""
+    :func:`service_methods`). ``sock``: an already listening socket to serve instead."""
     limit = max_message_bytes + 2**16  # room for the message around the tensor bytes
     server = GrpcServer(service_methods(repository, count), limit, budget)
-    return await server.start(host, port)
+    return await server.start(host, port, sock)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
@@ -145,9 +146,13 @@ class GrpcServer:
         self._server: asyncio.AbstractServer | None = None
         self.bound_port = 0
 
-    async def start(self, host: str, port: int) -> GrpcServer:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> GrpcServer:
+        """Listen on ``host:port``, or serve ``sock``, a socket already listening."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: _Connection(self), host, port)
         self.bound_port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 8 * 2**20  # default request size limit: 8 MB
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)  # seconds
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # rows per inference call
+# Where the workers of serve --workers keep their metric values (prometheus_client's
+# multiprocess mode, read when prometheus_client is first imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _metrics():
@@ -71,8 +75,28 @@ def _metrics():
         registry=registry,
         buckets=BATCH_BUCKETS,
     )
-    queue = Gauge("cifar_queue_depth", "Requests waiting for a batch", ["model"], registry=registry)
+    queue = Gauge(
+        "cifar_queue_depth",
+        "Requests waiting for a batch",
+        ["model"],
+        registry=registry,
+        multiprocess_mode="livesum",  # serve --workers: summed over the live workers
+    )
     return registry, {"requests": requests, "latency": latency, "batch": batch, "queue": queue}
+
+
+def scraped(registry):
+    """The registry ``/metrics`` reads: this process's own, or under ``serve --workers``
+    (``PROMETHEUS_MULTIPROC_DIR`` set) every worker's values, summed, whichever worker answers
+    the scrape."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return registry
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)
+    return merged
 
 
 MODEL_ROUTE = "/v2/models/{model_name}"
@@ -415,7 +439,7 @@ class Repository:
 
         for name, model in self.models.items():
             self.m["queue"].labels(name).set(model.batcher.queue_depth)
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(scraped(self.registry)), media_type=CONTENT_TYPE_LATEST)
 
     def routes(self) -> list[tuple[str, object, str]]:
         """(path, handler, method) for every endpoint but inference, which ``Observe`` hands
@@ -470,13 +494,15 @@ def create_app(
     skipped: Mapping[str, str] | None = None,
     grpc_port: int | None = None,
     grpc_host: str = "127.0.0.1",
+    grpc_socket=None,
     limits: ServerLimits | None = None,
 ):
     """The FastAPI application serving one predictor as model ``name``, or a repository of
     them (``{name: predictor}``), each with its own dynamic batcher; ``skipped`` lists the
     artifacts that could not be loaded (name -> reason) for the repository index. With
     ``grpc_port`` (0: any free port, then ``app.state.grpc_port``), the gRPC service starts
-    and stops with the application, on its event loop."""
+    and stops with the application, on its event loop; ``grpc_socket``, a listening socket,
+    serves it instead of binding ``grpc_host:grpc_port`` (a worker of ``serve --workers``)."""
     if not isinstance(predictors, Mapping):
         predictors = {name or predictors.metadata.model_name: predictors}
     registry, m = _metrics()
@@ -514,7 +540,13 @@ def create_app(
             from .grpc_server import start_grpc
 
             grpc_server = await start_grpc(
-                repository, grpc_host, grpc_port, max_payload_bytes, body, observe.count
+                repository,
+                grpc_host,
+                grpc_port,
+                max_payload_bytes,
+                body,
+                observe.count,
+                sock=grpc_socket,
             )
             app.state.grpc_port = grpc_server.bound_port
         yield
