@@ -14,7 +14,11 @@ and every server started is stopped.
 
     python benchmarks/serve_peers.py exports/cnn/cnn_int8.tflite [--peers /tmp/peers-env]
         [--concurrency 1,8,32] [--rounds 2] [--measure-ms 5000] [--protocol http|grpc]
-        [--json-out FILE]
+        [--servers cifar-deploy,triton,kserve] [--json-out FILE]
+
+A server written ``NAME:xN`` runs as N processes sharing ``--threads``: ``cifar-deploy:x2`` is
+``serve --workers 2 --threads 1``, ``triton:x2`` an ``instance_group`` of count 2 with one LiteRT
+thread each, so both sides get the same processes and threads.
 """
 
 from __future__ import annotations
@@ -160,7 +164,12 @@ def input_dtype(artifact: Path) -> str:
     return json.loads(Path(f"{artifact}.json").read_text())["input"]["dtype"]
 
 
-def start_ours(args, work: Path) -> tuple[subprocess.Popen, dict]:
+def split_threads(args, processes: int) -> int:
+    """Threads per process when ``processes`` share ``--threads`` (at least 1 each)."""
+    return max(1, args.threads // processes)
+
+
+def start_ours(args, work: Path, processes: int = 1) -> tuple[subprocess.Popen, dict]:
     port, grpc_port = free_port(), free_port()
     cmd = [
         str(REPO / ".venv/bin/cifar-deploy"),
@@ -169,7 +178,9 @@ def start_ours(args, work: Path) -> tuple[subprocess.Popen, dict]:
         "--port",
         str(port),
         "--threads",
-        str(args.threads),
+        str(split_threads(args, processes)),
+        "--workers",
+        str(processes),
         "--max-batch-size",
         str(args.max_batch),
         "--max-queue-delay-ms",
@@ -184,9 +195,10 @@ def start_ours(args, work: Path) -> tuple[subprocess.Popen, dict]:
     return proc, {"http": port, "grpc": grpc_port}
 
 
-def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, dict]:
+def start_triton(args, work: Path, site: str, processes: int = 1) -> tuple[subprocess.Popen, dict]:
     """Triton on the repository `export --format triton-python` writes, holding this very
-    TFLite file; its python stub gets the peers venv's numpy (< 2) and ai-edge-litert."""
+    TFLite file; its python stub gets the peers venv's numpy (< 2) and ai-edge-litert.
+    ``processes``: model instances (``instance_group`` count), each a python stub process."""
     from cifar_deploy.export.triton_python import config_pbtxt, model_py
 
     repo = work / "triton_repo" / MODEL
@@ -198,7 +210,8 @@ def start_triton(args, work: Path, site: str) -> tuple[subprocess.Popen, dict]:
         input_dtype(args.artifact),
         args.max_batch,
         int(args.delay_ms * 1000),
-        threads=args.threads,
+        threads=split_threads(args, processes),
+        instances=processes,
     )
     (repo / "config.pbtxt").write_text(config)
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -340,6 +353,13 @@ def print_ratios(results: list[dict], servers: list[str], levels: list[int], rou
             print(f"  {c}: " + ", ".join(parts))
 
 
+def server_spec(server: str) -> tuple[str, int]:
+    """``cifar-deploy:x2`` -> ("cifar-deploy", 2): two processes (our workers, Triton's model
+    instances) sharing ``--threads``; a bare name is one process with all of them."""
+    kind, _, count = server.partition(":x")
+    return kind, int(count) if count.isdigit() and int(count) > 0 else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
@@ -369,10 +389,16 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")
     starters = {
-        "cifar-deploy": lambda w: start_ours(args, w),
-        "triton": lambda w: start_triton(args, w, site),
-        "kserve": lambda w: start_kserve(args, w),
+        "cifar-deploy": lambda w, n: start_ours(args, w, n),
+        "triton": lambda w, n: start_triton(args, w, site, n),
+        "kserve": lambda w, n: start_kserve(args, w),
     }
+    for server in servers:
+        kind, processes = server_spec(server)
+        if kind not in starters or (kind == "kserve" and processes != 1):
+            raise SystemExit(
+                f"unknown server {server!r}; expected cifar-deploy[:xN], triton[:xN] or kserve"
+            )
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -380,7 +406,8 @@ def main() -> None:
         try:
             for server in servers:  # all up at once, idle while another is measured
                 (work / server).mkdir()
-                running[server] = starters[server](work / server)
+                kind, processes = server_spec(server)
+                running[server] = starters[kind](work / server, processes)
                 wait_ready(running[server][1]["http"], running[server][0], server)
             for r in range(args.rounds):
                 order = servers if r % 2 == 0 else servers[::-1]
@@ -396,7 +423,8 @@ def main() -> None:
                 stop(proc)
     print(
         f"\n{cpu_name()}, {os.cpu_count()} cores; {args.artifact.name}, LiteRT {args.threads} "
-        f"threads; perf_analyzer over {args.protocol}, single-image binary requests; "
+        f"threads per server (NAME:xN: N processes of {args.threads}//N threads each); "
+        f"perf_analyzer over {args.protocol}, single-image binary requests; "
         f"{args.rounds} rounds (min-max)\n"
     )
     print("| concurrency | " + " | ".join(servers) + " |")

@@ -111,3 +111,19 @@ def test_a_real_triton_loads_it_and_answers_like_the_predictor(repository):
             proc.wait()
         log.close()
         print((repository.parent / "triton.log").read_text()[-3000:])
+
+
+def test_the_config_gives_each_of_n_instances_its_share_of_threads():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from cifar_deploy.export.triton_python import config_pbtxt
+
+    text = config_pbtxt("cnn", "uint8", 64, 2000, threads=1, instances=2)
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert [(g.count, g.kind) for g in config.instance_group] == [
+        (2, config.instance_group[0].KIND_CPU)
+    ]
+    assert config.parameters["num_threads"].string_value == "1"
+    default = text_format.Parse(config_pbtxt("cnn", "uint8", 64), model_config_pb2.ModelConfig())
+    assert [g.count for g in default.instance_group] == [1]

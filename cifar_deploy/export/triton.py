@@ -50,7 +50,7 @@ dynamic_batching {{
 }}
 instance_group [
   {{
-    count: 1
+    count: {count}
     kind: {kind}
   }}
 ]
@@ -66,9 +66,10 @@ def model_config_text(
     preferred: tuple[int, ...] = (),
     kind: str = "KIND_AUTO",
     parameters: str = "",
+    count: int = 1,
 ) -> str:
     """``config.pbtxt`` text for ``name`` (``runtime``: its ``platform:`` or ``backend:`` line;
-    ``parameters``: extra top-level blocks)."""
+    ``parameters``: extra top-level blocks; ``count``: model instances)."""
     return CONFIG_TEMPLATE.format(
         name=name,
         runtime=runtime,
@@ -84,6 +85,7 @@ def model_config_text(
         delay_us=delay_us,
         kind=kind,
         parameters=parameters,
+        count=count,
     )
 
 

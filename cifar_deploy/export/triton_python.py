@@ -93,9 +93,15 @@ class TritonPythonModel:
 
 
 def config_pbtxt(
-    name: str, input_dtype: str, max_batch_size: int, delay_us: int = 2000, threads: int = 0
+    name: str,
+    input_dtype: str,
+    max_batch_size: int,
+    delay_us: int = 2000,
+    threads: int = 0,
+    instances: int = 1,
 ) -> str:
-    """The repository's ``config.pbtxt``; ``threads`` 0: LiteRT uses every core."""
+    """The repository's ``config.pbtxt``; ``threads`` 0: LiteRT uses every core;
+    ``instances``: model instances, each its own python stub process with its own LiteRT."""
     return model_config_text(
         name,
         'backend: "python"',
@@ -104,6 +110,7 @@ def config_pbtxt(
         input_type=TRITON_TYPES[input_dtype],
         kind="KIND_CPU",
         parameters=THREADS_PARAMETER.format(threads=threads),
+        count=instances,
     )
 
 
