@@ -101,6 +101,9 @@ def serve_here(
     announce(Started(tuple(lines), tuple(skipped.items())))
     config = uvicorn_config(app, options.host, options.port, options.limits, log_level="warning")
     server = uvicorn.Server(config)
-    sockets = [http_socket] if http_socket is not None else None
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it stopped on,
-        server.run(sockets=sockets)  # after its graceful shutdown: the server ended as asked
+        # after its graceful shutdown: the server ended as asked
+        if http_socket is None:
+            server.run()
+        else:
+            server.run(sockets=[http_socket])
