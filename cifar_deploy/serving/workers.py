@@ -116,6 +116,7 @@ def serve_workers(options: ServeOptions, workers: int, announce: Callable[[Start
     metrics_dir = tempfile.mkdtemp(prefix="cifar-deploy-metrics.")
     context = multiprocessing.get_context("spawn")
     processes = []
+    serving = False
     try:
         pipes = []
         for k in range(workers):
@@ -133,9 +134,12 @@ def serve_workers(options: ServeOptions, workers: int, announce: Callable[[Start
         for s in http + grpc:  # the workers hold them now: a worker that ends takes its own away
             s.close()
         announce(started)
+        serving = True
         _watch(processes)
     except KeyboardInterrupt:
-        pass  # asked to stop: the workers finish their in-flight requests below
+        if not serving:
+            raise  # stopped while loading: "interrupted", as with one process
+        # asked to stop while serving: the workers finish their in-flight requests below
     finally:
         for s in http + grpc:
             s.close()
