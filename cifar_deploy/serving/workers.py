@@ -4,14 +4,14 @@ framing, validation, answers) runs on several cores instead of one.
 
 The supervisor (the process the user started) binds N sockets to each port with ``SO_REUSEPORT``,
 one per worker, which listens once its models are loaded: the kernel spreads new connections
-over the listening ones, and a connection
-stays with the worker that accepted it (perf_analyzer's 32 HTTP clients are 32 connections; its
-gRPC clients share about one connection per 6). Workers are started fresh (``spawn``: nothing
-native is inherited half-initialised), load the models, say so over a pipe, and serve. The
-supervisor prints what the first one serves once all are up, forwards SIGINT and SIGTERM as a
-graceful stop (in-flight requests finish), and stops everything with an error if a worker
-ends on its own. ``/metrics`` sums every worker's values (prometheus_client's multiprocess mode,
-in a scratch folder removed at exit), whichever worker answers the scrape.
+over the listening ones, and a connection stays with the worker that accepted it
+(perf_analyzer's 32 HTTP clients are 32 connections; its gRPC clients share 2 connections at
+concurrency 8, 6 at 32). Workers are started fresh (``spawn``: nothing native is inherited
+half-initialised), load the models, say so over a pipe, and serve. The supervisor prints what
+the first one serves once all are up, forwards SIGINT and SIGTERM as a graceful stop (in-flight
+requests finish), and stops everything with an error if a worker ends on its own.
+``/metrics`` sums every worker's values (prometheus_client's multiprocess mode, in a scratch
+folder removed at exit), whichever worker answers the scrape.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import CifarDeployError, InvalidOptionError, WorkerError
 from .launch import ServeOptions, Started, serve_here
@@ -71,8 +71,10 @@ class _Failed:
 
 
 def _worker(options: ServeOptions, http_socket, grpc_socket, pipe, metrics_dir: str) -> None:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before prometheus_client loads
     from .. import _tf, console
+    from .server import MULTIPROC_ENV  # server.py loads prometheus_client only when used
+
+    os.environ[MULTIPROC_ENV] = metrics_dir  # before prometheus_client loads
 
     _tf.set_verbose(options.verbose)
     console.setup_logging(options.verbose)
@@ -148,8 +150,6 @@ def serve_workers(options: ServeOptions, workers: int, announce: Callable[[Start
 
 
 def _with_ports(options: ServeOptions, http_socket, grpc_socket) -> ServeOptions:
-    from dataclasses import replace
-
     grpc_port = grpc_socket.getsockname()[1] if grpc_socket is not None else None
     return replace(options, port=http_socket.getsockname()[1], grpc_port=grpc_port)
 
