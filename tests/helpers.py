@@ -94,15 +94,22 @@ CALIBRATION = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dt
 TOLERANCE = {"none": 1e-5, "float16": 2e-3, "dynamic": 0.05, "int8": 0.08}
 
 TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
+TINY_SEED = 0
 
 
 def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
-    """A tiny CNN saved as <directory>/<name>/best.keras with the run.json that names it."""
+    """A tiny CNN saved as <directory>/<name>/best.keras with the run.json that names it. Its
+    weights come from a fixed seed, so every session tests the same model (an unseeded one
+    made the int8 checks depend on the draw)."""
     from cifar_deploy.training import create_model
 
     run = directory / name
     run.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else create_model("cnn", **TINY_CNN)
+    if model is None:
+        import keras
+
+        keras.utils.set_random_seed(TINY_SEED)
+        model = create_model("cnn", **TINY_CNN)
     model.save(run / "best.keras")
     (run / "run.json").write_text(json.dumps({"model": name}))
     return run / "best.keras"
