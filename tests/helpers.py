@@ -97,10 +97,10 @@ TINY_CNN = {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16}
 TINY_SEED = 0
 
 
-def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
+def save_tiny_model(directory: Path, name: str = "cnn", model=None, seed: int = TINY_SEED) -> Path:
     """A tiny CNN saved as <directory>/<name>/best.keras with the run.json that names it. Its
-    weights come from a fixed seed, so every session tests the same model (an unseeded one
-    made the int8 checks depend on the draw)."""
+    weights come from ``seed``, so every session tests the same model (an unseeded one made the
+    int8 checks depend on the draw); another seed makes another model."""
     from cifar_deploy.training import create_model
 
     run = directory / name
@@ -108,7 +108,7 @@ def save_tiny_model(directory: Path, name: str = "cnn", model=None) -> Path:
     if model is None:
         import keras
 
-        keras.utils.set_random_seed(TINY_SEED)
+        keras.utils.set_random_seed(seed)
         model = create_model("cnn", **TINY_CNN)
     model.save(run / "best.keras")
     (run / "run.json").write_text(json.dumps({"model": name}))

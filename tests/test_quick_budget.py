@@ -15,7 +15,7 @@ from cifar_deploy.pipeline import PipelineConfig, plan_budget, run_pipeline
 from cifar_deploy.serving.verify import verify
 from cifar_deploy.training import resolve_time_budget
 from cifar_deploy.training.trainer import TrainConfig, train
-from tests.helpers import TINY_CNN, save_tiny_model
+from tests.helpers import TINY_CNN, TINY_SEED, save_tiny_model
 
 # ---------------------------------------------------------------------------------------------
 # What --quick means
@@ -165,7 +165,7 @@ def test_a_stale_cache_is_ignored(tmp_path, cifar_dir):
     reference.save(model_path, data.x_test, data.y_test, {"none": fake})
     assert reference.load(model_path, data.x_test, data.y_test)  # matches: used
     assert reference.load(model_path, data.x_test[::-1], data.y_test) == {}  # other images
-    save_tiny_model(tmp_path / "runs", model=None)  # the model file changes
+    save_tiny_model(tmp_path / "runs", seed=TINY_SEED + 1)  # the model file changes
     assert reference.load(model_path, data.x_test, data.y_test) == {}
     (row,) = verify([], reference=model_path, data=data)
     assert row.runtime == "tensorflow /CPU:0"  # recomputed, not taken from the stale file
