@@ -52,7 +52,7 @@ def main() -> None:
         row["metadata_bytes"] = meta.extra.get("embedded_metadata", {}).get("bytes")
         if MediaPipeConsumer.accepts(meta) is None:
             ours = load_predictor(path, threads=args.threads).predict(images)
-            consumer = MediaPipeConsumer(path)
+            consumer = MediaPipeConsumer(path, 10)
             started = time.perf_counter()
             out = consumer.run(images)
             row["mediapipe_seconds"] = round(time.perf_counter() - started, 1)

@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__, _tf, console
+from .contract import MODE_MEANING, PREPROCESS_MODES
 from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -127,7 +128,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout ins
 DataDir = Annotated[
     Optional[Path],
     typer.Option(
-        help="CIFAR-10 directory or archive (else $CIFAR10_DIR, the Keras cache, a download)."
+        help="CIFAR-10 directory or archive, CIFAR-100 directory, or a folder of images per "
+        "class (else $CIFAR10_DIR, the Keras cache, a download)."
     ),
 ]
 RunsDir = Annotated[Path, typer.Option(help="Where runs/<model>/ lives.", callback=output_dir)]
@@ -316,6 +318,24 @@ class TTA(str, Enum):
     flip = "flip"
 
 
+# The declared-preprocessing choices, generated from the contract's table.
+PreprocessMode = Enum("PreprocessMode", {m: m for m in PREPROCESS_MODES}, type=str)
+
+
+def declared_preprocess(mode, mean: str | None, std: str | None):
+    """The ``--preprocess``/``--mean``/``--std`` declaration (None: nothing declared)."""
+    from .contract import Preprocess, parse_channels
+
+    if mode is None:
+        if mean is not None or std is not None:
+            raise InvalidOptionError(
+                "--mean and --std apply after a --preprocess mode; received them without one",
+                hint="name the mode the model's scaling starts with, e.g. --preprocess unit",
+            )
+        return None
+    return Preprocess(mode.value, parse_channels(mean, "--mean"), parse_channels(std, "--std"))
+
+
 class Format(str, Enum):
     savedmodel = "savedmodel"
     tflite = "tflite"
@@ -372,6 +392,31 @@ def export_cmd(
     tta: Annotated[
         Optional[TTA], Opt(help="flip: bake mirror test-time augmentation into the graph.")
     ] = None,
+    preprocess: Annotated[
+        Optional[PreprocessMode],
+        Opt(
+            help="The input scaling the model was trained with, baked into every artifact: "
+            + "; ".join(f"{m}: {t}" for m, t in MODE_MEANING.items())
+            + " [default: raw, checked on real images]."
+        ),
+    ] = None,
+    mean: Annotated[
+        Optional[str], Opt(help="Per-channel mean R,G,B subtracted after --preprocess.")
+    ] = None,
+    std: Annotated[
+        Optional[str], Opt(help="Per-channel std R,G,B divided by after --preprocess.")
+    ] = None,
+    add_softmax: Annotated[
+        bool, Opt(help="The model outputs logits: end every artifact in a softmax.")
+    ] = False,
+    labels: Annotated[
+        Optional[Path],
+        Opt(
+            help="Class names, one per line in output order (default: the data set's).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     force: Annotated[bool, Opt(help="Overwrite existing artifacts.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json_out: JsonFlag = False,
@@ -381,7 +426,14 @@ def export_cmd(
     Each artifact gets a JSON metadata sidecar. Right after training,
     `cifar-deploy export --format tflite` takes the newest runs/*/best.keras. Options are checked
     against every target before anything is converted.
+
+    A model of your own (.keras, or .h5 from tf_keras) keeps its input size and class count;
+    declare the scaling it was trained with (--preprocess, --mean, --std) and a logits head
+    (--add-softmax): both go into every artifact, which then takes raw pixels 0..255. With
+    images at hand (--data-dir: CIFAR-10, CIFAR-100, or a folder per class), a declaration
+    that real images show is wrong is refused before anything is written.
     """
+    from .data import read_labels
     from .export import ExportOptions, export_model, export_targets, find_latest_checkpoint
 
     options = ExportOptions(
@@ -395,6 +447,9 @@ def export_cmd(
         max_batch_size=max_batch_size,
         static_batch=static_batch,
         tta=tta.value if tta else None,
+        preprocess=declared_preprocess(preprocess, mean, std),
+        add_softmax=add_softmax,
+        class_names=read_labels(labels) if labels is not None else None,
     )
     targets = export_targets(format.value, options.quantization)  # bad combinations fail here
     if model is None:

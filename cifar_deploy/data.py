@@ -1,9 +1,15 @@
-"""CIFAR-10 loading, validation splits and calibration samples.
+"""Image data: CIFAR-10 (and CIFAR-100, and a folder of images per class), validation splits and
+calibration samples.
 
 Promises:
-- reads the canonical "python version" release, as an extracted ``cifar-10-batches-py`` directory
-  or as the ``cifar-10-python.tar.gz`` archive, holding any non-empty subset of ``data_batch_1..5``
-  plus ``test_batch``;
+- reads CIFAR-10's canonical "python version" release, as an extracted ``cifar-10-batches-py``
+  directory or as the ``cifar-10-python.tar.gz`` archive, holding any non-empty subset of
+  ``data_batch_1..5`` plus ``test_batch``;
+- :func:`load_dataset` also reads CIFAR-100's python release (``cifar-100-python/`` with
+  ``train``, ``test`` and ``meta``: fine labels, their 100 names) and a folder with one
+  subfolder of JPEG/PNG images per class (the layout ``keras.utils.image_dataset_from_directory``
+  reads; ``train/`` and ``test/`` inside it when the splits are separate), resized to the size
+  asked for;
 - never executes code from a data file: pickles go through an unpickler that only resolves what a
   numpy array needs;
 - returns uint8 images in NHWC layout (N, 32, 32, 3) and int64 labels in 0..9;
@@ -115,14 +121,17 @@ def safe_unpickle(data: bytes, source: str) -> object:
         ) from None
 
 
-def parse_batch(obj: object, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Turn one unpickled batch dict into (images uint8 NHWC, labels int64), validating it."""
-    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
+def parse_batch(
+    obj: object, source: str, label_key: bytes = b"labels", classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn one unpickled batch dict into (images uint8 NHWC, labels int64), validating it
+    (``label_key``: CIFAR-100's files hold ``b"fine_labels"``)."""
+    if not isinstance(obj, dict) or b"data" not in obj or label_key not in obj:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise DataFormatError(
-            f"{source}: expected a dict with b'data' and b'labels', received {keys}"
+            f"{source}: expected a dict with b'data' and {label_key!r}, received {keys}"
         )
-    data, labels = obj[b"data"], obj[b"labels"]
+    data, labels = obj[b"data"], obj[label_key]
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", type(data).__name__)
         raise DataFormatError(f"{source}: expected data of shape (N, 3072), received {shape}")
@@ -134,9 +143,9 @@ def parse_batch(obj: object, source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{source}: expected {data.shape[0]} integer labels, received "
             f"shape {labels.shape} of {labels.dtype}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise DataFormatError(
-            f"{source}: labels must lie in 0..{NUM_CLASSES - 1}, "
+            f"{source}: labels must lie in 0..{classes - 1}, "
             f"received {labels.min()}..{labels.max()}"
         )
     # Rows hold the R, G, B planes of 32x32 row-major images: (N, 3, 32, 32) -> NHWC.
@@ -296,17 +305,19 @@ def _read_class_names(reader) -> tuple[str, ...]:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
-def _warn_missing_classes(split: str, labels: np.ndarray) -> None:
+def _warn_missing_classes(split: str, labels: np.ndarray, class_names=CLASS_NAMES) -> None:
     """A split without some classes trains (or measures) a classifier that cannot be right."""
-    missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(labels).tolist()))
+    missing = sorted(set(range(len(class_names))) - set(np.unique(labels).tolist()))
     if missing:
-        names = ", ".join(CLASS_NAMES[i] for i in missing)
+        names = ", ".join(class_names[i] for i in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         log.warning(
-            "the %s data has no images of %d of %d classes (%s)",
+            "the %s data has no images of %d of %d classes (%s%s)",
             split,
             len(missing),
-            NUM_CLASSES,
+            len(class_names),
             names,
+            more,
         )
 
 
@@ -400,3 +411,243 @@ def subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int):
         return x, y
     idx = stratified_indices(y, count, seed)
     return x[idx], y[idx]
+
+
+# --- Other datasets: CIFAR-100's python release, and a folder of images per class -------------
+
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_FILES = ("train", "test", "meta")
+CIFAR100_CLASSES = 100
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_FOLDER_IMAGES = 200_000  # files one image folder may hold before it is refused
+MAX_IMAGE_PIXELS = 4096 * 4096  # declared width x height of one image before it is refused
+EXPECTED_DATA = (
+    "expected CIFAR-10's python release (cifar-10-batches-py/ or cifar-10-python.tar.gz), "
+    "CIFAR-100's (cifar-100-python/), or a folder with one subfolder of JPEG/PNG images per class"
+)
+
+
+def _cifar100_root(path: Path) -> Path | None:
+    for candidate in (path / CIFAR100_DIR, path):
+        if candidate.is_dir() and all((candidate / f).is_file() for f in CIFAR100_FILES):
+            return candidate
+    return None
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _folder_splits(path: Path) -> tuple[Path, Path] | None:
+    """(train root, test root) of an image folder: ``train/`` and ``test/`` when both are
+    there, else the folder itself for both; None when ``path`` is no image folder."""
+    if not path.is_dir():
+        return None
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return path / "train", path / "test"
+    dirs = _class_dirs(path)
+    if dirs and any(f.suffix.lower() in IMAGE_SUFFIXES for d in dirs for f in d.iterdir()):
+        return path, path
+    return None
+
+
+def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A JPEG or PNG file as uint8 RGB ``(height, width, 3)``, resized (bilinear) to ``size``
+    = (height, width); its declared pixel count is checked before it is decoded."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.format not in ("PNG", "JPEG"):
+                raise DataFormatError(f"{path}: expected a PNG or JPEG image, found {img.format}")
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
+                raise DataFormatError(
+                    f"{path}: declares {width} x {height} pixels; expected 1 to "
+                    f"{MAX_IMAGE_PIXELS:,} pixels"
+                )
+            rgb = img.convert("RGB")
+            if rgb.size != (size[1], size[0]):
+                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except DataFormatError:
+        raise
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise DataFormatError(f"{path}: not a readable PNG or JPEG image ({exc})") from None
+
+
+def _read_folder(root: Path, size: tuple[int, int], names: list[str] | None):
+    """(images, labels, class names) of one split of an image folder."""
+    dirs = _class_dirs(root)
+    if names is None:
+        names = [d.name for d in dirs]
+    elif [d.name for d in dirs] != names:
+        raise DataFormatError(
+            f"{root}: holds the classes {[d.name for d in dirs]!r:.120}; expected the same "
+            f"classes as the training folder, {names!r:.120}"
+        )
+    if len(names) < 2:
+        raise DataFormatError(
+            f"{root}: holds {len(names)} class folder(s); expected one subfolder of images per "
+            "class, at least two classes"
+        )
+    files = [
+        (label, f)
+        for label, d in enumerate(dirs)
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise DataFormatError(
+            f"{root}: holds {len(files):,} images; at most {MAX_FOLDER_IMAGES:,} are read"
+        )
+    empty = [d.name for i, d in enumerate(dirs) if not any(label == i for label, _ in files)]
+    if empty:
+        raise DataFormatError(
+            f"{root}: no JPEG or PNG images in the class folder(s) {', '.join(empty[:5])}; "
+            "expected at least one image per class"
+        )
+    images = np.stack([read_image(f, size) for _, f in files])
+    labels = np.array([label for label, _ in files], dtype=np.int64)
+    return images, labels, names
+
+
+def load_image_folder(path: Path, size: tuple[int, int] = (32, 32)) -> CifarData:
+    """A folder with one subfolder of JPEG/PNG images per class (``train/`` and ``test/`` when
+    the splits are separate, else the same images serve both), resized to ``size``."""
+    splits = _folder_splits(Path(path))
+    if splits is None:
+        raise DataFormatError(f"{path}: no class subfolders with images; {EXPECTED_DATA}")
+    train_root, test_root = splits
+    x_train, y_train, names = _read_folder(train_root, size, None)
+    if test_root == train_root:
+        log.warning(
+            "%s has no train/ and test/ folders: calibration and evaluation use the same %d images",
+            path,
+            len(y_train),
+        )
+        x_test, y_test = x_train, y_train
+    else:
+        x_test, y_test, _ = _read_folder(test_root, size, names)
+    return CifarData(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=tuple(names),
+        source=str(path),
+        train_batches=("folder",),
+    )
+
+
+def load_cifar100(path: Path) -> CifarData:
+    """CIFAR-100's python release (``train``, ``test``, ``meta``): fine labels, 100 names."""
+    root = _cifar100_root(Path(path))
+    if root is None:
+        raise DataFormatError(f"{path}: expected {CIFAR100_DIR}/ with train, test and meta")
+    reader = _DirReader(root)
+
+    def split(name: str):
+        return parse_batch(
+            safe_unpickle(reader.read(name), reader.label(name)),
+            reader.label(name),
+            label_key=b"fine_labels",
+            classes=CIFAR100_CLASSES,
+        )
+
+    (x_train, y_train), (x_test, y_test) = split("train"), split("test")
+    meta = safe_unpickle(reader.read("meta"), reader.label("meta"))
+    names = meta.get(b"fine_label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != CIFAR100_CLASSES:
+        raise DataFormatError(
+            f"{reader.label('meta')}: expected {CIFAR100_CLASSES} fine label names, "
+            f"received {names!r:.80}"
+        )
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    return CifarData(x_train, y_train, x_test, y_test, names, str(root), ("train",))
+
+
+def load_dataset(
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    size: tuple[int, int] = (32, 32),
+) -> CifarData:
+    """CIFAR-10, CIFAR-100 or an image folder, whichever ``data_dir`` (else ``$CIFAR10_DIR``)
+    holds; without either, CIFAR-10 from the Keras cache or its download. Images come at
+    ``size`` = (height, width): an image folder is resized while it is read, CIFAR with
+    :func:`fit_images`."""
+    explicit = data_dir if data_dir is not None else os.environ.get("CIFAR10_DIR") or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if path.is_dir() and _reader_for(path) is None:
+            if _cifar100_root(path) is not None:
+                return fit_dataset(load_cifar100(path), size)
+            if _folder_splits(path) is not None:
+                return load_image_folder(path, size)
+            origin = "--data-dir" if data_dir is not None else "CIFAR10_DIR"
+            raise DataNotFoundError(f"{origin}={path} holds no data set; {EXPECTED_DATA}")
+    return fit_dataset(load_cifar10(data_dir, download=download), size)
+
+
+def fit_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 NHWC images resized (bilinear, as the server resizes uploads) to ``size`` =
+    (height, width); the same array when they already have it."""
+    if images.shape[1:3] == tuple(size):
+        return images
+    from PIL import Image
+
+    out = np.empty((len(images), size[0], size[1], 3), np.uint8)
+    for i, image in enumerate(images):
+        resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(resized)
+    return out
+
+
+def fit_dataset(data: CifarData, size: tuple[int, int]) -> CifarData:
+    """``data`` with every image at ``size`` (height, width)."""
+    if data.x_test.shape[1:3] == tuple(size) and data.x_train.shape[1:3] == tuple(size):
+        return data
+    import dataclasses
+
+    return dataclasses.replace(
+        data, x_train=fit_images(data.x_train, size), x_test=fit_images(data.x_test, size)
+    )
+
+
+MAX_LABELS_BYTES = 1 << 20  # a labels file larger than this is refused unread
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """A labels file: one class name per line, in output order (blank lines at the end are
+    ignored); an empty, blank-named, duplicated or oversized file is one DataFormatError."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_LABELS_BYTES:
+            raise DataFormatError(
+                f"{path}: {path.stat().st_size:,} bytes; a labels file is one name per line "
+                f"(refused above {MAX_LABELS_BYTES:,} bytes)"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: cannot read the labels file ({exc})") from None
+    names = [line.strip() for line in text.rstrip("\n\r ").splitlines()]
+    if len(names) < 2 or not all(names):
+        raise DataFormatError(
+            f"{path}: expected one class name per line, at least two and none blank; "
+            f"received {len(names)} line(s)"
+        )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataFormatError(f"{path}: class names repeat ({', '.join(dupes[:5])})")
+    return names

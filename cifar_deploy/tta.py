@@ -37,7 +37,8 @@ def with_tta(predict: Callable[[np.ndarray], np.ndarray], mode: str) -> Callable
 
 
 def in_graph(model, images, mode: str):
-    """``model(images)`` with ``mode`` inside a traced TensorFlow graph (for exports)."""
+    """``model(images)`` with ``mode`` inside a traced TensorFlow graph (for exports); ``model``
+    is a Keras model or any callable that takes ``training``."""
     if check_tta(mode) == "none":
         return model(images, training=False)
     from . import _tf

@@ -63,7 +63,7 @@ def test_mediapipe_answers_like_litert_with_the_class_names(
     artifact = tiny_exports[("tflite", quantization)]
     images = load_cifar10(real_data_dir, download=False).x_test[:300]
     ours = load_predictor(artifact.path).predict(images)
-    consumer = MediaPipeConsumer(artifact.path)
+    consumer = MediaPipeConsumer(artifact.path, 10)
     try:
         out = consumer.run(images)
     finally:

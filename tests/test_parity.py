@@ -134,7 +134,7 @@ def test_artifacts_of_different_models_are_refused(workspace, cifar_dir, tmp_pat
 
 def test_a_reference_that_is_not_keras_is_refused(workspace, cifar_dir):
     onnx_path = workspace["exports"] / "cnn_float32.onnx"
-    with pytest.raises(InvalidModelError, match="reference must be a Keras .keras model"):
+    with pytest.raises(InvalidModelError, match="reference must be a Keras model file"):
         verify([onnx_path], reference=onnx_path, data_dir=cifar_dir)
 
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..contract import CLASS_NAMES
 from ..errors import ArtifactExistsError, CifarDeployError
 from .base import (
     Artifact,
@@ -28,6 +27,7 @@ from .base import (
     run_export,
     target_path,
 )
+from .declared import check_declared, load_check_data
 from .metadata import Metadata, read_sidecar, sidecar_path
 from .source import ExportSource, find_latest_checkpoint
 from .tflite_metadata import LABELS_FILE, labels_text
@@ -82,8 +82,11 @@ def export_model(
     "all") or a list of (format, quantization) pairs. One row per target, in order.
 
     Bad input raises before any conversion: unknown formats, options out of range or applying
-    to no target, an unloadable model, existing artifacts without ``force``. A target whose
-    conversion fails becomes a "failed" row and the others go on; Ctrl-C stops everything.
+    to no target, an unloadable model, outputs that are not probabilities (without
+    ``options.add_softmax``), a declared preprocessing that real images show is wrong (see
+    :mod:`.declared`), class names that do not match the outputs, existing artifacts without
+    ``force``. A target whose conversion fails becomes a "failed" row and the others go on;
+    Ctrl-C stops everything.
     """
     options = options or ExportOptions()
     if isinstance(targets, str):
@@ -96,11 +99,21 @@ def export_model(
             "float32 input only; this model is for toolchains that want int8 input"
         )
     artifacts: list[Artifact] = []
-    with ExportSource(Path(model_path), tta=options.tta or "none") as source:
+    source = ExportSource(
+        Path(model_path),
+        tta=options.tta or "none",
+        preprocess=options.preprocess,
+        add_softmax=options.add_softmax,
+    )
+    with source:
         _ = source.model  # load (and validate) once, before any format starts
+        if options.class_names is not None:
+            source.set_class_names(options.class_names, "--labels")
         out = Path(out_dir) if out_dir else default_out_dir(source.model_name)
         if not options.force:
             _refuse_existing(targets, source.model_name, out, options)
+        data = load_check_data(source, options.data_dir, explicit_data=options.data_dir is not None)
+        check_declared(source, data, options.preprocess is not None, seed=options.seed)
         for fmt, quantization in targets:
             if on_start:
                 on_start(fmt, quantization)
@@ -113,15 +126,15 @@ def export_model(
             if on_done:
                 on_done(artifact)
     if any(a.status == "ok" for a in artifacts):
-        write_labels(out)
+        write_labels(out, source.class_names)
     return artifacts
 
 
-def write_labels(out_dir: Path) -> Path:
+def write_labels(out_dir: Path, class_names: Sequence[str]) -> Path:
     """``labels.txt`` beside the artifacts: the class names, one per line, in output order (the
     file TFLite metadata names, for consumers that take labels separately)."""
     path = Path(out_dir) / LABELS_FILE
     tmp = path.with_name(f".{LABELS_FILE}.tmp")
-    tmp.write_text(labels_text(list(CLASS_NAMES)))
+    tmp.write_text(labels_text(list(class_names)))
     tmp.replace(path)
     return path

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import interrupts
-from ..contract import library_versions
+from ..contract import Preprocess, library_versions, preprocessing_text
 from ..errors import CifarDeployError, ExportError, InvalidOptionError, one_line, unknown_name
 from ..tta import TTA_MODES
 from .metadata import Metadata, TensorSpec, file_record, now_iso, sidecar_path
@@ -52,6 +52,12 @@ class ExportOptions:
     static_batch: int | None = None  # TFLite: a fixed batch size (Edge TPU, NPU compilers)
     tta: str | None = None  # "flip": mirror test-time augmentation in the graph (default none)
     calibration_images: object = None  # uint8 NHWC array; None: drawn from the training split
+    # What the model declares (bring your own model): its input scaling (None: raw pixels,
+    # checked on real images), a softmax for a logits head, its class names (None: the data
+    # set's, else the defaults for its class count).
+    preprocess: Preprocess | None = None
+    add_softmax: bool = False
+    class_names: list[str] | None = None
 
 
 @dataclass
@@ -269,6 +275,10 @@ def _record(fmt, source, quantization, produced: Produced, staging: Path, second
         created_at=now_iso(),
         extra=produced.extra,
         tta=source.tta,
+        class_names=list(source.class_names),
+        preprocessing=preprocessing_text(source.signature),
+        source_preprocess=source.preprocess.to_dict(),
+        added_softmax=source.add_softmax,
     )
 
 
@@ -295,9 +305,15 @@ def run_export(
             raise ExportError(f"{fmt.name} ({quantization}): the converter wrote nothing")
         measured = measured_quantization(produced.path, fmt.name)
         if measured != quantization:
+            why = (
+                " (dynamic-range quantization leaves weight tensors under 1,024 values in "
+                "float: this model has no larger one)"
+                if (quantization, measured) == ("dynamic", "none")
+                else ""
+            )
             raise ExportError(
                 f"{fmt.name} ({quantization}): the converter produced a {measured!r} model "
-                f"(read back from its tensor types), not {quantization!r}"
+                f"(read back from its tensor types), not {quantization!r}{why}"
             )
         seconds = time.perf_counter() - started
         metadata = _record(fmt, source, quantization, produced, staging, seconds)

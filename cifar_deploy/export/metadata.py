@@ -18,10 +18,13 @@ from pathlib import Path
 from ..contract import (
     CLASS_NAMES,
     INPUT_NAME,
-    NUM_CLASSES,
     OUTPUT_NAME,
+    PREPROCESS_MODES,
     PREPROCESSING,
-    batch_shape,
+    Preprocess,
+    Signature,
+    default_class_names,
+    preprocessing_text,
 )
 from ..errors import DataFormatError, InvalidModelError, one_line
 
@@ -62,6 +65,10 @@ class Metadata:
     created_at: str = ""
     extra: dict = field(default_factory=dict)
     tta: str = "none"  # "flip": the graph averages the image's and its mirror's probabilities
+    # What the source model itself expects, baked into the graph before it (--preprocess, --mean,
+    # --std): verify applies the same to the Keras reference. Raw for our own models.
+    source_preprocess: dict = field(default_factory=lambda: Preprocess().to_dict())
+    added_softmax: bool = False  # --add-softmax: the graph ends in a softmax the model lacks
     schema_version: int = SCHEMA_VERSION
     # False for a record built from the file alone (a .keras model, or an artifact without a
     # sidecar): then the file's own tensors, not this record, say what the input takes.
@@ -87,10 +94,28 @@ class Metadata:
         data.pop("from_sidecar", None)
         return cls(**data)
 
+    @property
+    def signature(self) -> Signature:
+        """The artifact's input size and class count, from its tensors."""
+        return Signature.of_tensors(self.input.shape, self.output.shape)
+
+    @property
+    def declared_preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.source_preprocess)
+
+    def adopt(self, signature: Signature) -> None:
+        """For a record built from a file alone: take the tensors' sizes the file itself has
+        (and default names for its class count, unless the count already matches)."""
+        self.input = float_input(signature)
+        self.output = prob_output(self.output.dtype, signature)
+        if len(self.class_names) != signature.classes:
+            self.class_names = default_class_names(signature.classes)
+        self.preprocessing = preprocessing_text(signature)
+
     @classmethod
     def bare(cls, path: Path, kind: str) -> Metadata:
         """The record of a file without a sidecar: the contract's tensors and labels, the file's
-        own hash and size, no source model."""
+        own hash and size, no source model (runtimes :meth:`adopt` the file's own sizes)."""
         path = Path(path)
         return cls(
             model_name=path.stem,
@@ -149,12 +174,37 @@ def _file_problem(f) -> str | None:
     return None
 
 
+def _preprocess_problem(v) -> str | None:
+    expected = f"an object with 'mode' (one of {', '.join(PREPROCESS_MODES)}), 'mean' and 'std'"
+    if not isinstance(v, dict) or set(v) != {"mode", "mean", "std"}:
+        return expected
+    try:
+        Preprocess.from_dict(v)
+    except Exception:  # any malformed value: the same message
+        return expected
+    return None
+
+
+def _shapes_problem(data: dict) -> str | None:
+    """The tensors' sizes against each other and the class names: ``[None|N, H, W, 3]`` in,
+    ``[None|N, K]`` out, K names."""
+    inp, out = data["input"]["shape"], data["output"]["shape"]
+    if len(inp) != 4 or inp[3] != 3 or not all(isinstance(d, int) and d >= 1 for d in inp[1:3]):
+        return "'input' must have shape [N, H, W, 3]"
+    if len(out) != 2 or not (isinstance(out[1], int) and out[1] >= 2):
+        return "'output' must have shape [N, classes] with at least 2 classes"
+    names = data.get("class_names")
+    if names is not None and len(names) != out[1]:
+        return f"'class_names' must hold {out[1]} names, one per output; it holds {len(names)}"
+    return None
+
+
 # Sidecar field -> (what it must be, the check); None: the field may be absent.
 def _fields() -> dict:
     from ..tta import TTA_MODES
 
     names_ok = lambda v: (  # noqa: E731
-        isinstance(v, list) and len(v) == NUM_CLASSES and all(isinstance(n, str) for n in v)
+        isinstance(v, list) and len(v) >= 2 and all(isinstance(n, str) for n in v)
     )
     return {
         "model_name": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
@@ -164,7 +214,7 @@ def _fields() -> dict:
         "output": (None, _tensor_problem),
         "artifact": (None, _file_problem),
         "source": (None, lambda v: None if v is None else _file_problem(v)),
-        "class_names": (f"a list of {NUM_CLASSES} strings", names_ok),
+        "class_names": ("a list of at least 2 strings", names_ok),
         "preprocessing": ("a string", lambda v: isinstance(v, str)),
         "calibration": ("an object or null", lambda v: v is None or isinstance(v, dict)),
         "export_seconds": ("a number", _is_number),
@@ -172,6 +222,8 @@ def _fields() -> dict:
         "created_at": ("a string", lambda v: isinstance(v, str)),
         "extra": ("an object", lambda v: isinstance(v, dict)),
         "tta": (f"one of {', '.join(TTA_MODES)}", TTA_MODES.__contains__),
+        "source_preprocess": (None, _preprocess_problem),
+        "added_softmax": ("true or false", lambda v: isinstance(v, bool)),
         "schema_version": (f"{SCHEMA_VERSION}", lambda v: _is_int(v) and v == SCHEMA_VERSION),
     }
 
@@ -199,7 +251,7 @@ def sidecar_problem(data: object) -> str | None:
             return f"{name!r} must be {expected}"
         if expected is None and verdict:
             return f"{name!r} must be {verdict}"
-    return None
+    return _shapes_problem(data)
 
 
 def _artifact_entries(directory: Path) -> list[Path]:
@@ -278,11 +330,11 @@ def read_sidecar(artifact: Path) -> Metadata:
         raise DataFormatError(f"{path}: not a valid cifar-deploy metadata record: {exc}") from None
 
 
-def float_input() -> TensorSpec:
+def float_input(signature: Signature = Signature()) -> TensorSpec:
     """The contract's input: float32 raw pixels, dynamic batch."""
-    return TensorSpec(name=INPUT_NAME, shape=batch_shape(None), dtype="float32")
+    return TensorSpec(name=INPUT_NAME, shape=signature.batch_shape(None), dtype="float32")
 
 
-def prob_output(dtype: str = "float32") -> TensorSpec:
+def prob_output(dtype: str = "float32", signature: Signature = Signature()) -> TensorSpec:
     """The contract's output: class probabilities, dynamic batch."""
-    return TensorSpec(name=OUTPUT_NAME, shape=[None, NUM_CLASSES], dtype=dtype)
+    return TensorSpec(name=OUTPUT_NAME, shape=[None, signature.classes], dtype=dtype)

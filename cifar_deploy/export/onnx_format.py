@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import interrupts
-from ..contract import CLASS_NAMES, INPUT_NAME, OUTPUT_NAME, PREPROCESSING
+from ..contract import INPUT_NAME, OUTPUT_NAME, preprocessing_text
 from .base import (
     DEFAULT_OPSET,
     MAX_OPSET,
@@ -83,8 +83,8 @@ def _set_metadata(model, source: ExportSource, quantization: str) -> None:
     props = {
         "model_name": source.model_name,
         "quantization": quantization,
-        "class_names": json.dumps(list(CLASS_NAMES)),
-        "preprocessing": PREPROCESSING,
+        "class_names": json.dumps(list(source.class_names)),
+        "preprocessing": preprocessing_text(source.signature),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "source_sha256": source.record.sha256,
@@ -111,12 +111,12 @@ class _CalibrationReader:
         return next(self._batches, None)
 
 
-def _quantize_int8(float_path: Path, out_path: Path, options: ExportOptions) -> dict:
+def _quantize_int8(float_path: Path, out_path: Path, options: ExportOptions, source) -> dict:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    images, record = calibration_sample(options)
+    images, record = calibration_sample(options, source.signature)
     prepared = float_path.with_name("prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     # The final softmax stays float: quantized to 8 bits its probabilities come in steps of
@@ -152,15 +152,15 @@ def export_onnx(
     if quantization == "int8":
         float_path = staging / "float32.onnx"
         onnx.save(model, float_path)
-        calibration = _quantize_int8(float_path, path, options)
+        calibration = _quantize_int8(float_path, path, options, source)
         model = onnx.load(path)
     _set_metadata(model, source, quantization)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return Produced(
         path=path,
-        input=float_input(),
-        output=prob_output(),
+        input=float_input(source.signature),
+        output=prob_output("float32", source.signature),
         calibration=calibration,
         extra={"opset": opset},
     )

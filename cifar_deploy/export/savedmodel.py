@@ -23,8 +23,8 @@ def export_savedmodel(
     source.write_savedmodel(repo / source.model_name / str(VERSION))
     return Produced(
         path=repo,
-        input=float_input(),
-        output=prob_output(),
+        input=float_input(source.signature),
+        output=prob_output("float32", source.signature),
         extra={
             "signature": "serving_default",
             "tf_serving_model_base_path": f"savedmodel/{source.model_name}",

@@ -1,8 +1,11 @@
-"""The export source: a trained ``.keras`` file, loaded safely, plus what is derived from it.
+"""The export source: a trained Keras model file, loaded safely, plus what is derived from it.
 
-Finding the newest ``runs/*/best.keras``, validating a model path, loading it with
-``safe_mode=True`` (a model file carrying arbitrary code is refused), and lazily producing the
-SavedModel that the TFLite converter starts from.
+Finding the newest ``runs/*/best.keras``, validating a model path (a Keras 3 ``.keras``, or a
+Keras 2 ``.keras`` or legacy ``.h5`` written by ``tf_keras``), loading it with ``safe_mode=True``
+(a model file carrying arbitrary code, such as a Lambda layer, is refused), and lazily producing
+the SavedModel that the TFLite converter starts from. The graph every format exports is
+:meth:`ExportSource.forward`: the declared preprocessing, the model, and a softmax when one was
+asked for, so every artifact takes raw pixels and returns probabilities.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import _tf, interrupts
-from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
+from ..contract import INPUT_NAME, OUTPUT_NAME, Preprocess, Signature, default_class_names
 from ..errors import InvalidModelError, one_line
 from ..tta import check_tta, in_graph
 from .metadata import FileRecord, file_record
@@ -37,51 +40,121 @@ def find_latest_checkpoint(runs_dir: Path = Path("runs")) -> Path:
     return candidates[-1]
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
+MODEL_SUFFIXES = (".keras", ".h5")
+EXPECTED_FILE = (
+    "expected a Keras model file: a .keras archive (Keras 3, or Keras 2 / tf_keras) or a legacy "
+    ".h5 file"
+)
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
 def validate_model_file(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise InvalidModelError(f"{path}: no such file; expected a .keras model")
+        raise InvalidModelError(f"{path}: no such file; {EXPECTED_FILE}")
     if path.is_dir() or path.stat().st_size == 0:
         kind = "a directory" if path.is_dir() else "empty"
-        raise InvalidModelError(f"{path}: is {kind}; expected a .keras model file")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise InvalidModelError(f"{path}: is {kind}; {EXPECTED_FILE}")
+    valid = (path.suffix == ".keras" and zipfile.is_zipfile(path)) or (
+        path.suffix == ".h5" and _is_hdf5(path)
+    )
+    if not valid:
         raise InvalidModelError(
-            f"{path}: not a Keras 3 model file (truncated, or another format); "
-            "expected a .keras archive as written by cifar-deploy train"
+            f"{path}: not a Keras model file (truncated, or another format); {EXPECTED_FILE}"
         )
     return path
 
 
 def load_keras_model(path: Path):
-    """Load a ``.keras`` file with ``safe_mode=True``; every failure is one InvalidModelError."""
+    """Load a ``.keras`` or ``.h5`` file with ``safe_mode=True`` (Keras 3 reads the files Keras 2
+    and ``tf_keras`` write too); every failure is one InvalidModelError."""
     keras = _tf.keras()
     path = validate_model_file(path)
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # zip, h5, config and safe-mode errors all mean "cannot use this"
-        raise InvalidModelError(
-            f"{path}: cannot be loaded as a Keras model ({one_line(exc)})"
-        ) from None
+        reason = one_line(exc)
+        if "Lambda" in reason:
+            reason = (
+                "it holds a Lambda layer, whose Python code cifar-deploy never runs from a file; "
+                "replace it with built-in layers (Rescaling, Normalization) or declare the "
+                "arithmetic with --preprocess"
+            )
+        raise InvalidModelError(f"{path}: cannot be loaded as a Keras model ({reason})") from None
+
+
+def adapted(model, preprocess: Preprocess = Preprocess(), add_softmax: bool = False):
+    """``images -> probabilities`` for raw pixels: the declared ``preprocess``, the model, and a
+    softmax over its outputs when ``add_softmax`` (a logits head). Works traced or eager."""
+
+    def forward(images, training: bool = False):
+        outputs = model(preprocess(images), training=training)
+        if add_softmax:
+            from .. import _tf
+
+            outputs = _tf.tf().nn.softmax(outputs, axis=-1)
+        return outputs
+
+    return forward
 
 
 class ExportSource:
     """One trained model and the derived forms that exporters share."""
 
-    def __init__(self, path: Path, tta: str = "none"):
+    def __init__(
+        self,
+        path: Path,
+        tta: str = "none",
+        preprocess: Preprocess | None = None,
+        add_softmax: bool = False,
+        class_names: list[str] | None = None,
+    ):
         self.path = validate_model_file(Path(path))
         self.tta = check_tta(tta)  # test-time augmentation baked into every exported graph
+        self.preprocess = preprocess or Preprocess()  # declared; baked into every graph
+        self.add_softmax = add_softmax  # a logits head gets a softmax in every graph
+        self._class_names = list(class_names) if class_names is not None else None
         self._tmp: Path | None = None
         self._savedmodels: dict[int | None, Path] = {}
 
     @cached_property
     def model(self):
         model = load_keras_model(self.path)
-        if tuple(model.input_shape[1:]) != INPUT_SHAPE or model.output_shape[-1:] != (NUM_CLASSES,):
-            raise InvalidModelError(
-                f"{self.path}: expected a model from (N, 32, 32, 3) images to 10 probabilities, "
-                f"received {model.input_shape} -> {model.output_shape}"
-            )
+        self.__dict__["signature"] = Signature.of_keras(model, str(self.path))
         return model
+
+    @cached_property
+    def signature(self) -> Signature:
+        """The model's input size and class count (read when the model loads)."""
+        _ = self.model
+        return self.__dict__["signature"]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names from ``--labels`` or the dataset when given, else the default for the count."""
+        if self._class_names is not None:
+            return self._class_names
+        return default_class_names(self.signature.classes)
+
+    def set_class_names(self, names: list[str], origin: str) -> None:
+        """Take ``names`` (from ``origin``: a labels file, a dataset) for the model's outputs;
+        a count that differs from the model's is refused, naming both."""
+        if len(names) != self.signature.classes:
+            raise InvalidModelError(
+                f"{origin} names {len(names)} classes, but {self.path} outputs "
+                f"{self.signature.classes}; expected one name per output"
+            )
+        self._class_names = list(names)
+
+    @property
+    def forward(self):
+        """Raw pixels -> probabilities: what every exported graph computes (before TTA)."""
+        return adapted(self.model, self.preprocess, self.add_softmax)
 
     @cached_property
     def model_name(self) -> str:
@@ -102,11 +175,12 @@ class ExportSource:
         """A ``tf.function`` with the contract's signature: ``images`` -> ``probabilities``
         (``batch``: a static batch size; None keeps the batch dynamic)."""
         tf = _tf.tf()
-        model = self.model
+        shape = self.signature.batch_shape(batch)
+        forward = self.forward
 
-        @tf.function(input_signature=[tf.TensorSpec(batch_shape(batch), tf.float32, INPUT_NAME)])
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, INPUT_NAME)])
         def serve(images):
-            return {OUTPUT_NAME: in_graph(model, images, self.tta)}
+            return {OUTPUT_NAME: in_graph(forward, images, self.tta)}
 
         return serve
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf, interrupts
-from ..contract import CLASS_NAMES, INPUT_NAME, MOBILE_INPUT_DTYPES
+from ..contract import INPUT_NAME, MOBILE_INPUT_DTYPES
 from .base import (
     DEFAULT_IO_TYPE,
     IO_TYPES,
@@ -54,7 +54,7 @@ def export_tflite(
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
-        images, calibration = calibration_sample(options)
+        images, calibration = calibration_sample(options, source.signature)
 
         def representative():
             for i in range(len(images)):
@@ -73,8 +73,9 @@ def export_tflite(
         flatbuffer = converter.convert()
     interrupts.check()  # the converter's native code can swallow a Ctrl-C
     # Embedded metadata and labels go in before the file is hashed: the sidecar covers them.
-    metadata = build_metadata(source.model_name, quantization, list(CLASS_NAMES))
-    shipped = embed(flatbuffer, metadata, list(CLASS_NAMES))
+    names = source.class_names
+    metadata = build_metadata(source.model_name, quantization, names, source.signature)
+    shipped = embed(flatbuffer, metadata, names)
     path = staging / f"{source.model_name}_{quantization}.tflite"
     path.write_bytes(shipped)
 
@@ -97,7 +98,7 @@ def export_tflite(
     return Produced(
         path=path,
         input=spec,
-        output=prob_output(np.dtype(out["dtype"]).name),
+        output=prob_output(np.dtype(out["dtype"]).name, source.signature),
         calibration=calibration,
         extra=extra,
     )

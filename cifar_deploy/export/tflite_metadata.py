@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import flatbuffers
 
 from .. import __version__
-from ..contract import IMAGE_SIZE, INPUT_NAME, OUTPUT_NAME
+from ..contract import INPUT_NAME, OUTPUT_NAME, Signature
 from ..errors import InvalidModelError
 
 METADATA_NAME = "TFLITE_METADATA"  # the model buffer name every metadata reader looks for
@@ -71,13 +71,16 @@ def _schemas():
     return model_fb, meta_fb
 
 
-def build_metadata(model_name: str, quantization: str, class_names: list[str]) -> bytes:
-    """The ``ModelMetadata`` flatbuffer for an image classifier with the contract's tensors."""
+def build_metadata(
+    model_name: str, quantization: str, class_names: list[str], signature: Signature = Signature()
+) -> bytes:
+    """The ``ModelMetadata`` flatbuffer for an image classifier with the contract's tensors
+    (``signature``: the model's input size)."""
     _, fb = _schemas()
     image = fb.ImagePropertiesT()
     image.colorSpace = fb.ColorSpaceType.RGB
     image.defaultSize = fb.ImageSizeT()
-    image.defaultSize.width = image.defaultSize.height = IMAGE_SIZE
+    image.defaultSize.width, image.defaultSize.height = signature.width, signature.height
     normalization = fb.ProcessUnitT()
     normalization.optionsType = fb.ProcessUnitOptions.NormalizationOptions
     normalization.options = fb.NormalizationOptionsT()
@@ -102,8 +105,8 @@ def build_metadata(model_name: str, quantization: str, class_names: list[str]) -
     model = fb.ModelMetadataT()
     model.name = model_name
     model.description = (
-        f"CIFAR-10 image classifier ({model_name}, quantization {quantization}): "
-        f"{len(class_names)} classes from a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image."
+        f"Image classifier ({model_name}, quantization {quantization}): "
+        f"{len(class_names)} classes from a {signature.width}x{signature.height} RGB image."
     )
     model.version = __version__
     model.author, model.license = AUTHOR, LICENSE

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from ..contract import INPUT_NAME, OUTPUT_NAME, Signature
 from .base import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_OPSET,
@@ -67,18 +67,20 @@ def model_config_text(
     kind: str = "KIND_AUTO",
     parameters: str = "",
     count: int = 1,
+    signature: Signature = Signature(),
 ) -> str:
     """``config.pbtxt`` text for ``name`` (``runtime``: its ``platform:`` or ``backend:`` line;
-    ``parameters``: extra top-level blocks; ``count``: model instances)."""
+    ``parameters``: extra top-level blocks; ``count``: model instances; ``signature``: the
+    model's input size and class count)."""
     return CONFIG_TEMPLATE.format(
         name=name,
         runtime=runtime,
         max_batch_size=max_batch_size,
         input=INPUT_NAME,
         input_type=input_type,
-        input_dims=", ".join(map(str, INPUT_SHAPE)),
+        input_dims=", ".join(map(str, signature.image_shape)),
         output=OUTPUT_NAME,
-        classes=NUM_CLASSES,
+        classes=signature.classes,
         preferred=f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
         if preferred
         else "",
@@ -89,10 +91,14 @@ def model_config_text(
     )
 
 
-def config_pbtxt(name: str, max_batch_size: int, delay_us: int = 2000) -> str:
+def config_pbtxt(
+    name: str, max_batch_size: int, delay_us: int = 2000, signature: Signature = Signature()
+) -> str:
     preferred = tuple(sorted({b for b in (8, 32, max_batch_size) if b <= max_batch_size}))
     runtime = 'platform: "onnxruntime_onnx"'
-    return model_config_text(name, runtime, max_batch_size, delay_us, preferred=preferred)
+    return model_config_text(
+        name, runtime, max_batch_size, delay_us, preferred=preferred, signature=signature
+    )
 
 
 def export_triton(
@@ -106,12 +112,12 @@ def export_triton(
     inner.path.rename(version_dir / "model.onnx")
     onnx.checker.check_model(str(version_dir / "model.onnx"))
     (repo / source.model_name / "config.pbtxt").write_text(
-        config_pbtxt(source.model_name, max_batch_size)
+        config_pbtxt(source.model_name, max_batch_size, signature=source.signature)
     )
     return Produced(
         path=repo,
-        input=float_input(),
-        output=prob_output(),
+        input=float_input(source.signature),
+        output=prob_output("float32", source.signature),
         extra={
             "triton_model": source.model_name,
             "max_batch_size": max_batch_size,

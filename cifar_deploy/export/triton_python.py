@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..contract import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME
+from ..contract import INPUT_NAME, OUTPUT_NAME, Signature
 from .base import (
     DEFAULT_MAX_BATCH_SIZE,
     ExportFormat,
@@ -75,8 +75,7 @@ class TritonPythonModel:
         arrays = [pb_utils.get_input_tensor_by_name(r, "{input}").as_numpy() for r in requests]
         merged = np.concatenate(arrays)
         if self.batch != len(merged):
-            shape = [len(merged), *{input_shape}]
-            self.interpreter.resize_tensor_input(self.input["index"], shape)
+            self.interpreter.resize_tensor_input(self.input["index"], list(merged.shape))
             self.interpreter.allocate_tensors()
             self.batch = len(merged)
         self.interpreter.set_tensor(self.input["index"], merged.astype(self.input["dtype"]))
@@ -99,6 +98,7 @@ def config_pbtxt(
     delay_us: int = 2000,
     threads: int = 0,
     instances: int = 1,
+    signature: Signature = Signature(),
 ) -> str:
     """The repository's ``config.pbtxt``; ``threads`` 0: LiteRT uses every core;
     ``instances``: model instances, each its own python stub process with its own LiteRT."""
@@ -111,15 +111,12 @@ def config_pbtxt(
         kind="KIND_CPU",
         parameters=THREADS_PARAMETER.format(threads=threads),
         count=instances,
+        signature=signature,
     )
 
 
 def model_py() -> str:
-    return (
-        MODEL_PY.replace("{input}", INPUT_NAME)
-        .replace("{output}", OUTPUT_NAME)
-        .replace("{input_shape}", repr(list(INPUT_SHAPE)))
-    )
+    return MODEL_PY.replace("{input}", INPUT_NAME).replace("{output}", OUTPUT_NAME)
 
 
 def export_triton_python(
@@ -133,7 +130,9 @@ def export_triton_python(
     inner.path.rename(version_dir / "model.tflite")
     (version_dir / "model.py").write_text(model_py())
     (repo / source.model_name / "config.pbtxt").write_text(
-        config_pbtxt(source.model_name, inner.input.dtype, max_batch_size)
+        config_pbtxt(
+            source.model_name, inner.input.dtype, max_batch_size, signature=source.signature
+        )
     )
     return Produced(
         path=repo,

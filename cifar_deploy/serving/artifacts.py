@@ -6,13 +6,15 @@
 - :func:`load_metadata`: an artifact's sidecar, hash-checked; a :class:`Metadata` built from the
   file itself for a ``.keras`` model or an artifact without a sidecar, so callers never branch
   on a missing record;
-- :func:`resolve_reference`: the Keras model the artifacts were exported from;
+- :func:`resolve_reference`: the Keras model the artifacts were exported from, and
+  :func:`reference_metadata`: the preprocessing and softmax its artifacts declare for it;
 - :func:`repository_artifacts` and :func:`served_name`: what ``serve DIR`` serves, under which
   names.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,12 @@ from ..errors import InvalidModelError, InvalidOptionError
 from ..export.metadata import Metadata, artifact_of, read_sidecar, sha256_of, sidecar_path
 
 # File suffix -> artifact kind, for files without a sidecar.
-SUFFIX_KIND: dict[str, str] = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+SUFFIX_KIND: dict[str, str] = {
+    ".keras": "keras",
+    ".h5": "keras",
+    ".tflite": "tflite",
+    ".onnx": "onnx",
+}
 
 
 def default_artifacts(exports_dir: Path = Path("exports")) -> list[Path]:
@@ -54,7 +61,7 @@ def bare_kind(path: Path) -> str:
     kind = SUFFIX_KIND.get(Path(path).suffix)
     if kind is None:
         raise InvalidModelError(
-            f"{path}: unknown artifact type; expected .keras, .tflite, .onnx, or an exported "
+            f"{path}: unknown artifact type; expected .keras, .h5, .tflite, .onnx, or an exported "
             "savedmodel/ or triton/ directory with its .json sidecar"
         )
     return kind
@@ -66,7 +73,7 @@ def load_metadata(path: Path, check_hash: bool = True) -> Metadata:
     path = Path(path)
     if not path.exists():
         raise InvalidModelError(f"{path}: no such file or directory")
-    if path.suffix == ".keras" or not sidecar_path(path).exists():
+    if SUFFIX_KIND.get(path.suffix) == "keras" or not sidecar_path(path).exists():
         return Metadata.bare(path, bare_kind(path))
     metadata = read_sidecar(path)
     if check_hash and (actual := sha256_of(path)) != metadata.artifact.sha256:
@@ -102,9 +109,34 @@ def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) ->
                 f"{recorded[:12]}... then); re-export, or pass --reference PATH to compare anyway"
             )
     reference = Path(reference)
-    if reference.suffix != ".keras":
-        raise InvalidModelError(f"{reference}: the reference must be a Keras .keras model")
+    if reference.suffix not in (".keras", ".h5"):
+        raise InvalidModelError(
+            f"{reference}: the reference must be a Keras model file (.keras or .h5)"
+        )
     return reference
+
+
+def reference_metadata(reference: Path, metas: Mapping[Path, Metadata]) -> Metadata:
+    """The reference model's record: built from the file, with the preprocessing, the added
+    softmax and the class names its artifacts' sidecars declare, so that it answers raw pixels
+    exactly as they do. Sidecars that declare different ones are refused."""
+    record = Metadata.bare(reference, "keras")
+    declared = {
+        (json.dumps(m.source_preprocess, sort_keys=True), m.added_softmax)
+        for m in metas.values()
+        if m.from_sidecar
+    }
+    if len(declared) > 1:
+        raise InvalidOptionError(
+            f"the artifacts declare {len(declared)} different preprocessings or softmax "
+            "settings for one model; verify the artifacts of one export together"
+        )
+    if declared:
+        preprocess, record.added_softmax = next(iter(declared))
+        record.source_preprocess = json.loads(preprocess)
+        named = next(m for m in metas.values() if m.from_sidecar)
+        record.class_names = list(named.class_names)
+    return record
 
 
 def _source_path(artifact: Path, metadata: Metadata) -> Path:

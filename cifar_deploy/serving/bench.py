@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..contract import batch_shape, library_versions
+from ..contract import Signature, library_versions
 from ..errors import CifarDeployError, InvalidOptionError, one_line
 from ..export.metadata import Metadata
-from .artifacts import collect_artifacts, load_metadata, resolve_reference
+from .artifacts import collect_artifacts, load_metadata, reference_metadata, resolve_reference
 from .runtimes import DEVICES, PREDICTORS, load_predictor
 
 POOL = 4  # distinct input batches cycled through the timed runs
@@ -148,9 +148,11 @@ def fill_timing(row: BenchRow, latencies: np.ndarray) -> BenchRow:
     return row
 
 
-def input_pool(batch_size: int, seed: int = 0) -> list[np.ndarray]:
+def input_pool(
+    batch_size: int, seed: int = 0, signature: Signature = Signature()
+) -> list[np.ndarray]:
     rng = np.random.default_rng(seed + batch_size)
-    shape = batch_shape(batch_size)
+    shape = signature.batch_shape(batch_size)
     return [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(POOL)]
 
 
@@ -158,12 +160,14 @@ def has_gpu() -> bool:
     return bool(_tf.tf().config.list_physical_devices("GPU"))
 
 
-def _cells(predict: Callable, base: BenchRow, config: BenchConfig) -> list[BenchRow]:
+def _cells(
+    predict: Callable, base: BenchRow, config: BenchConfig, signature: Signature
+) -> list[BenchRow]:
     rows = []
     for batch in config.batch_sizes:
         row = dataclasses.replace(base, batch_size=batch)
         try:
-            pool = input_pool(batch)
+            pool = input_pool(batch, signature=signature)
             fill_timing(
                 row, time_runs(predict, pool, config.warmup, config.min_time, config.min_runs)
             )
@@ -209,11 +213,13 @@ def bench_artifact(
             base.load_ms = (time.perf_counter_ns() - start) / 1e6
             base.provider = predictor.provider
             start = time.perf_counter_ns()
-            predictor.predict(input_pool(1)[0])
+            signature = predictor.signature
+            predictor.predict(input_pool(1, signature=signature)[0])
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
             return _untimed(base, config, "failed", one_line(exc, with_type=True))
-        rows = _cells(lambda x: predictor.predict(x, batch_size=len(x)), base, config)
+        predict = lambda x: predictor.predict(x, batch_size=len(x))  # noqa: E731
+        rows = _cells(predict, base, config, signature)
     for row in rows:
         row.peak_rss_added_mb = rss.added_mb
     if device == "gpu" and predictor.kind == "onnx":
@@ -232,7 +238,7 @@ def _io_binding_rows(predictor, base: BenchRow, config: BenchConfig) -> list[Ben
         try:
             pool = [
                 ort.OrtValue.ortvalue_from_numpy(x.astype(np.float32), "cuda", 0)
-                for x in input_pool(batch)
+                for x in input_pool(batch, signature=predictor.signature)
             ]
             binding = session.io_binding()
             binding.bind_output("probabilities", "cuda")
@@ -248,8 +254,11 @@ def _io_binding_rows(predictor, base: BenchRow, config: BenchConfig) -> list[Ben
     return rows
 
 
-def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> list[BenchRow]:
-    """The two ways a Keras user runs the model: ``model.predict`` and a direct call."""
+def bench_keras_baseline(
+    reference: Path, device: str, config: BenchConfig, metadata: Metadata | None = None
+) -> list[BenchRow]:
+    """The two ways a Keras user runs the model: ``model.predict`` and a direct call (after
+    the preprocessing its artifacts declare, in ``metadata``)."""
     base = BenchRow(
         artifact=Path(reference).name,
         format="keras",
@@ -267,27 +276,32 @@ def bench_keras_baseline(reference: Path, device: str, config: BenchConfig) -> l
     with PeakRss() as rss:
         try:
             start = time.perf_counter_ns()
-            predictor = load_predictor(reference, device=device)
+            predictor = load_predictor(reference, device=device, metadata=metadata)
             base.load_ms = (time.perf_counter_ns() - start) / 1e6
             base.provider = predictor.provider
-            model, tf = predictor.model, _tf.tf()
+            model, tf, signature = predictor.model, _tf.tf(), predictor.signature
+            preprocess = predictor.metadata.declared_preprocess
             tf_device = "/GPU:0" if device == "gpu" else "/CPU:0"
             start = time.perf_counter_ns()
-            model(input_pool(1)[0].astype(np.float32), training=False)
+            model(preprocess(input_pool(1, signature=signature)[0].astype(np.float32)))
             base.first_inference_ms = (time.perf_counter_ns() - start) / 1e6
         except Exception as exc:
             return _untimed(base, config, "failed", one_line(exc, with_type=True), runtimes)
 
         def via_predict(x):
             with tf.device(tf_device):
-                return model.predict(x.astype(np.float32), batch_size=len(x), verbose=0)
+                x = preprocess(x.astype(np.float32))
+                return model.predict(x, batch_size=len(x), verbose=0)
 
         def via_call(x):
             with tf.device(tf_device):
-                return np.asarray(model(x.astype(np.float32), training=False))
+                return np.asarray(model(preprocess(x.astype(np.float32)), training=False))
 
-        rows = _cells(via_predict, dataclasses.replace(base, runtime="model.predict"), config)
-        rows += _cells(via_call, dataclasses.replace(base, runtime="direct call"), config)
+        as_predict = dataclasses.replace(base, runtime="model.predict")
+        rows = _cells(via_predict, as_predict, config, signature)
+        rows += _cells(
+            via_call, dataclasses.replace(base, runtime="direct call"), config, signature
+        )
     for row in rows:
         row.peak_rss_added_mb = rss.added_mb
     return rows
@@ -355,7 +369,9 @@ def benchmark(
         if config.baseline and reference is not None:
             if on_progress:
                 on_progress(f"keras baseline ({device})")
-            rows += bench_keras_baseline(reference, device, config)
+            rows += bench_keras_baseline(
+                reference, device, config, reference_metadata(reference, metas)
+            )
         for path in paths:
             if path in broken:
                 kind = Path(path).suffix[1:] or "?"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..contract import MOBILE_INPUT_DTYPES, NUM_CLASSES
+from ..contract import MOBILE_INPUT_DTYPES
 from ..errors import InvalidOptionError
 from ..export.metadata import Metadata
 
@@ -47,7 +47,8 @@ class MediaPipeConsumer:
 
         return md.version("mediapipe")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, classes: int):
+        self.classes = classes  # the model's output count: MediaPipe returns every category
         try:
             from mediapipe.tasks.python import BaseOptions, vision
         except ImportError:
@@ -56,7 +57,7 @@ class MediaPipeConsumer:
                 hint="pip install 'cifar-deploy[mobile]'",
             ) from None
         options = vision.ImageClassifierOptions(
-            base_options=BaseOptions(model_asset_path=str(path)), max_results=NUM_CLASSES
+            base_options=BaseOptions(model_asset_path=str(path)), max_results=classes
         )
         with _tf.quiet_native():  # MediaPipe's and XNNPACK's start-up notices
             self._classifier = vision.ImageClassifier.create_from_options(options)
@@ -64,8 +65,8 @@ class MediaPipeConsumer:
     def run(self, images: np.ndarray) -> ConsumerOutput:
         import mediapipe as mp
 
-        probs = np.zeros((len(images), NUM_CLASSES), np.float32)
-        names = [""] * NUM_CLASSES
+        probs = np.zeros((len(images), self.classes), np.float32)
+        names = [""] * self.classes
         for i, image in enumerate(np.asarray(images, dtype=np.uint8)):
             frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
             for category in self._classifier.classify(frame).classifications[0].categories:

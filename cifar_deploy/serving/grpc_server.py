@@ -29,7 +29,7 @@ from .grpc_wire import (
     GrpcError,
     GrpcServer,
 )
-from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
+from .protocol import INPUT_NAME, OUTPUT_NAME, check_image_shape, check_outputs, parse_tensor
 
 SERVICE = "inference.GRPCInferenceService"
 # REST status -> gRPC status code.
@@ -128,7 +128,7 @@ def service_methods(repository, count: Callable | None = None) -> dict:
             model = repository.model(request.model_name, request.model_version or None)
             if request.ByteSize() > repository.limit:
                 raise RequestError(f"payload exceeds the limit of {repository.limit:,} bytes", 413)
-            images = request_images(request)
+            images = check_image_shape(request_images(request), model.predictor.signature)
             check_outputs({"outputs": [{"name": o.name} for o in request.outputs]})
         except RequestError as exc:
             raise fail(exc) from None

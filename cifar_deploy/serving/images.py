@@ -15,11 +15,12 @@ from ..errors import RequestError
 MAX_IMAGE_PIXELS = 4096 * 4096  # declared width x height beyond which an image is refused (413)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """A PNG or JPEG up to :data:`MAX_IMAGE_PIXELS` -> uint8 (32, 32, 3) RGB. The declared size
-    is checked from the header before anything is decoded (a few-KB file can declare a
-    gigapixel image), and a JPEG is decoded at the smallest scale (1/2 .. 1/8) that still covers
-    64 x 64, so its cost does not grow with its declared size."""
+def decode_image(data: bytes, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
+    """A PNG or JPEG up to :data:`MAX_IMAGE_PIXELS` -> uint8 RGB at the model's ``size`` =
+    (height, width), (32, 32) for our own models. The declared size is checked from the header
+    before anything is decoded (a few-KB file can declare a gigapixel image), and a JPEG is
+    decoded at the smallest scale (1/2 .. 1/8) that still covers twice the model's size, so its
+    cost does not grow with its declared size."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -35,16 +36,15 @@ def decode_image(data: bytes) -> np.ndarray:
             if width * height > MAX_IMAGE_PIXELS:
                 raise RequestError(
                     f"the image declares {width} x {height} pixels; the limit is "
-                    f"{MAX_IMAGE_PIXELS:,} pixels (CIFAR-10 models take 32 x 32)",
+                    f"{MAX_IMAGE_PIXELS:,} pixels (this model takes {size[1]} x {size[0]})",
                     413,
                 )
             if width < 1 or height < 1:
                 raise RequestError("the image decodes to nothing (zero width or height)")
             if img.format == "JPEG":
-                img.draft("RGB", (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
+                img.draft("RGB", (2 * size[1], 2 * size[0]))
             img.load()
-            size = (IMAGE_SIZE, IMAGE_SIZE)
-            rgb = img.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+            rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     except RequestError:
         raise
     except Image.DecompressionBombError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..contract import MOBILE_INPUT_DTYPES, batch_shape
+from ..contract import MOBILE_INPUT_DTYPES
 from ..errors import CifarDeployError, InvalidModelError, one_line
 from ..export.tflite_metadata import read_metadata
 
@@ -250,7 +250,8 @@ def _latencies(path: Path, threads: int) -> dict[str, float | None]:
     predictor = load_predictor(
         path, threads=threads, metadata=load_metadata(path, check_hash=False)
     )
-    image = np.random.default_rng(0).integers(0, 256, size=batch_shape(1), dtype=np.uint8)
+    shape = predictor.signature.batch_shape(1)
+    image = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     return {
         "native CompiledModel": native_latency(path, threads),
         "python predictor": _time(lambda: predictor.predict(image)),

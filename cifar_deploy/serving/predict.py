@@ -16,11 +16,12 @@ from .runtimes import Predictor
 def classify_files(predictor: Predictor, files: Sequence[Path], k: int = 3) -> list[dict]:
     """One record per file: its top-k labels, or the reason it could not be read."""
     names = predictor.class_names
+    size = (predictor.signature.height, predictor.signature.width)
     records, good, images = [], [], []
     for f in map(Path, files):
         record = {"file": str(f), "predictions": [], "error": None}
         try:
-            images.append(decode_image(f.read_bytes()))
+            images.append(decode_image(f.read_bytes(), size))
             good.append(record)
         except RequestError as exc:
             record["error"] = exc.message

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract import INPUT_NAME, INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME
+from ..contract import CHANNELS, INPUT_NAME, MAX_SIDE, OUTPUT_NAME, Signature
 from ..errors import RequestError
 from .runtimes import Predictor
 
@@ -45,9 +45,15 @@ def model_metadata(name: str, predictor: Predictor) -> dict:
         "versions": [MODEL_VERSION],
         "platform": f"cifar-deploy/{predictor.kind}",
         "inputs": [
-            {"name": INPUT_NAME, "datatype": input_datatype(predictor), "shape": [-1, *INPUT_SHAPE]}
+            {
+                "name": INPUT_NAME,
+                "datatype": input_datatype(predictor),
+                "shape": [-1, *predictor.signature.image_shape],
+            }
         ],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
+        "outputs": [
+            {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, predictor.signature.classes]}
+        ],
         "parameters": {
             "class_names": predictor.class_names,
             "preprocessing": meta.preprocessing,
@@ -72,10 +78,12 @@ def model_config(name: str, predictor: Predictor, max_batch_size: int, delay_ms:
                 "name": INPUT_NAME,
                 "data_type": f"TYPE_{input_datatype(predictor)}",
                 "format": "FORMAT_NHWC",
-                "dims": list(INPUT_SHAPE),
+                "dims": list(predictor.signature.image_shape),
             }
         ],
-        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [NUM_CLASSES]}],
+        "output": [
+            {"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [predictor.signature.classes]}
+        ],
         "dynamic_batching": {"max_queue_delay_microseconds": int(delay_ms * 1000)},
         "instance_group": [{"name": name, "kind": "KIND_CPU", "count": 1}],
         "parameters": {},
@@ -203,19 +211,30 @@ def _tensor(spec: dict, binary_size: int) -> BinaryTensor | np.ndarray:
 
 
 def _shape(shape: object) -> list[int]:
-    """``[N, 32, 32, 3]`` with 1 <= N <= MAX_BATCH_ROWS, integers only (not booleans)."""
+    """``[N, H, W, 3]`` with 1 <= N <= MAX_BATCH_ROWS and 1 <= H, W <= MAX_SIDE, integers only
+    (not booleans). Whether H and W are the model's is :func:`check_image_shape`'s to say."""
     if (
         not isinstance(shape, list)
         or len(shape) != 4
         or not all(type(d) is int for d in shape)
-        or shape[1:] != list(INPUT_SHAPE)
+        or shape[3] != CHANNELS
+        or not (1 <= shape[1] <= MAX_SIDE and 1 <= shape[2] <= MAX_SIDE)
         or not 1 <= shape[0] <= MAX_BATCH_ROWS
     ):
         shown = shape if isinstance(shape, list) and len(str(shape)) < 80 else _kind(shape)
         raise RequestError(
-            f"expected shape [N, 32, 32, 3] with N in 1..{MAX_BATCH_ROWS:,}, received {shown}"
+            f"expected shape [N, H, W, 3] with N in 1..{MAX_BATCH_ROWS:,} and H, W in "
+            f"1..{MAX_SIDE}, received {shown}"
         )
     return shape
+
+
+def check_image_shape(images: np.ndarray, signature: Signature) -> np.ndarray:
+    """The parsed images, when each has the model's own size; else the 400 that names it."""
+    if images.shape[1:] != signature.image_shape:
+        h, w, c = signature.image_shape
+        raise RequestError(f"expected shape [N, {h}, {w}, {c}], received {list(images.shape)}")
+    return images
 
 
 def _flat(data: list):

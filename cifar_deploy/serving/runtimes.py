@@ -1,10 +1,10 @@
 """Runtimes: one predictor per artifact kind, chosen from the file type and its sidecar.
 
-Every predictor takes a batch of raw pixels ``(N, 32, 32, 3)`` (uint8, or float 0..255) and
-returns float32 probabilities ``(N, 10)``. Input dtypes and quantization come from the artifact's
-metadata (its sidecar, or the file itself when it has none); nothing re-derives them. ONNX Runtime
-gets explicit providers, and a GPU that is asked for but absent is an error, never a silent CPU
-fallback.
+Every predictor takes a batch of raw pixels ``(N, H, W, 3)`` (uint8, or float 0..255; ``(N, 32,
+32, 3)`` for our own models) and returns float32 probabilities ``(N, classes)``. Input dtypes
+and quantization come from the artifact's metadata (its sidecar, or the file itself when it has
+none); nothing re-derives them. ONNX Runtime gets explicit providers, and a GPU that is asked for
+but absent is an error, never a silent CPU fallback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _tf
-from ..contract import INPUT_SHAPE, NUM_CLASSES, OUTPUT_NAME, batch_shape
+from ..contract import OUTPUT_NAME, Signature
 from ..errors import (
     CifarDeployError,
     DeviceUnavailableError,
@@ -29,12 +29,12 @@ from .artifacts import load_metadata
 DEVICES = ("cpu", "gpu")
 
 
-def check_images(images) -> np.ndarray:
+def check_images(images, signature: Signature = Signature()) -> np.ndarray:
     """Validate a batch of raw pixels; returns it as an array (dtype kept)."""
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
+    if images.ndim != 4 or images.shape[1:] != signature.image_shape:
         raise InvalidOptionError(
-            f"expected images of shape (N, {', '.join(map(str, INPUT_SHAPE))}), "
+            f"expected images of shape (N, {', '.join(map(str, signature.image_shape))}), "
             f"received {tuple(images.shape)}"
         )
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
@@ -63,10 +63,18 @@ class Predictor:
     def class_names(self) -> list[str]:
         return list(self.metadata.class_names)
 
+    @property
+    def signature(self) -> Signature:
+        return self.metadata.signature
+
+    def file_signature(self) -> Signature | None:
+        """The input size and class count the loaded file itself declares (None: unknown)."""
+        return None
+
     def predict(self, images, batch_size: int = 256) -> np.ndarray:
-        images = check_images(images)
+        images = check_images(images, self.signature)
         if len(images) == 0:
-            return np.zeros((0, NUM_CLASSES), np.float32)
+            return np.zeros((0, self.signature.classes), np.float32)
         if len(images) <= batch_size:  # the common case: one call, no concatenation
             return self._run(images).astype(np.float32, copy=False)
         parts = [self._run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -86,17 +94,27 @@ def _tf_device(device: str) -> str:
 
 
 class KerasPredictor(Predictor):
+    """A Keras model file, with the preprocessing and softmax its artifacts declare (the
+    metadata's ``source_preprocess`` and ``added_softmax``) applied around it, so it answers
+    raw pixels as they do."""
+
     kind = "keras"
 
     def __init__(self, path, metadata, device="cpu", threads=None):
         super().__init__(path, metadata, device, threads)
-        from ..export.source import load_keras_model
+        from ..export.source import adapted, load_keras_model
         from ..reference import compiled
 
         self._device = _tf_device(device)
         self.model = load_keras_model(self.path)
-        self._call = compiled(self.model)  # one traced graph, as training's test evaluation
+        self._signature = Signature.of_keras(self.model, str(self.path))
+        forward = adapted(self.model, metadata.declared_preprocess, metadata.added_softmax)
+        # one traced graph, as training's test evaluation
+        self._call = compiled(forward, self._signature.image_shape)
         self.provider = f"tensorflow {self._device}"
+
+    def file_signature(self) -> Signature:
+        return self._signature
 
     def _run(self, batch):
         tf = _tf.tf()
@@ -161,6 +179,13 @@ class TFLitePredictor(Predictor):
         self._static = first if first > 0 else None
         self.provider = f"litert xnnpack ({self.threads} threads)"
 
+    def file_signature(self) -> Signature | None:
+        inp = [int(d) for d in self._in["shape_signature"]]
+        out = [int(d) for d in self._it.get_output_details()[0]["shape_signature"]]
+        if len(inp) != 4 or len(out) != 2 or min(inp[1:] + out[1:]) < 1:
+            return None
+        return Signature(height=inp[1], width=inp[2], classes=out[1])
+
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
         if self._dtype == np.float32:
             return batch.astype(np.float32, copy=False)
@@ -178,7 +203,7 @@ class TFLitePredictor(Predictor):
             padding = np.zeros((self._static - len(batch), *batch.shape[1:]), batch.dtype)
             return self._run(np.concatenate([batch, padding]))[: len(batch)]
         if self._batch != len(batch):
-            self._it.resize_tensor_input(self._in["index"], batch_shape(len(batch)))
+            self._it.resize_tensor_input(self._in["index"], list(batch.shape))
             with _tf.quiet_native():  # XNNPACK announces itself on the first allocation
                 self._it.allocate_tensors()
             self._batch = len(batch)
@@ -233,6 +258,13 @@ class OnnxPredictor(Predictor):
         self.provider = used[0]
         self._input = self.session.get_inputs()[0].name
 
+    def file_signature(self) -> Signature | None:
+        inp, out = self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape
+        dims = [*inp[1:], *out[1:]]
+        if len(inp) != 4 or len(out) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
+            return None
+        return Signature(height=inp[1], width=inp[2], classes=out[1])
+
     def _run(self, batch):
         return self.session.run(None, {self._input: batch.astype(np.float32, copy=False)})[0]
 
@@ -261,6 +293,8 @@ def load_predictor(
         if metadata.from_sidecar:
             _check_quantization(path, metadata)
         predictor = PREDICTORS[metadata.format](path, metadata, device=device, threads=threads)
+        if not metadata.from_sidecar and (own := predictor.file_signature()) is not None:
+            metadata.adopt(own)  # a bare file: its own sizes, not the contract's defaults
         _check_probe(predictor)
     except CifarDeployError:
         raise
@@ -271,26 +305,29 @@ def load_predictor(
     return predictor
 
 
-# Two probe images (mid-grey and a gradient): every artifact must answer them with a
-# probability row each before it counts as loaded.
-_PROBE = np.stack(
-    [
-        np.full(INPUT_SHAPE, 128, np.uint8),
-        np.broadcast_to(np.arange(32, dtype=np.uint8)[:, None, None] * 8, INPUT_SHAPE),
-    ]
-)
+def probe_images(signature: Signature) -> np.ndarray:
+    """Two probe images (mid-grey and a vertical gradient) at the model's size: every artifact
+    must answer them with a probability row each before it counts as loaded."""
+    shape = signature.image_shape
+    gradient = np.linspace(0, 248, signature.height).astype(np.uint8)[:, None, None]
+    return np.stack([np.full(shape, 128, np.uint8), np.broadcast_to(gradient, shape)])
+
+
 PROBABILITY_SUM_TOLERANCE = 0.1  # int8 outputs are multiples of 1/256: their sums stray a little
 
 
 def _check_probe(predictor: Predictor) -> None:
     """One trial inference: a damaged model that still loads, or a Keras model that outputs
     logits rather than probabilities, fails here instead of at its first real request."""
-    probs = np.asarray(predictor.predict(_PROBE))
+    signature = predictor.signature
+    probe = probe_images(signature)
+    probs = np.asarray(predictor.predict(probe))
     where = predictor.path
-    if probs.shape != (len(_PROBE), NUM_CLASSES):
+    if probs.shape != (len(probe), signature.classes):
         raise InvalidModelError(
-            f"{where}: answers a ({len(_PROBE)}, 32, 32, 3) batch with shape {probs.shape}; "
-            f"expected ({len(_PROBE)}, {NUM_CLASSES}) probabilities"
+            f"{where}: answers a ({len(probe)}, {signature.height}, {signature.width}, 3) batch "
+            f"with shape {probs.shape}; expected ({len(probe)}, {signature.classes}) "
+            "probabilities"
         )
     if not np.isfinite(probs).all():
         raise InvalidModelError(f"{where}: answers a probe batch with NaN or infinite values")
@@ -304,7 +341,8 @@ def _check_probe(predictor: Predictor) -> None:
             f"{where}: outputs are not probabilities (values {probs.min():.3g}.."
             f"{probs.max():.3g}, row sums {sums.min():.3g}..{sums.max():.3g}); cifar-deploy "
             "runs models whose last layer is a softmax",
-            hint="add a softmax activation to the model's last layer and save it again",
+            hint="export it with --add-softmax, or add a softmax activation to the model's "
+            "last layer and save it again",
         )
 
 

@@ -34,6 +34,7 @@ from .protocol import (
     JSON_TYPE,
     MODEL_VERSION,
     Encoded,
+    check_image_shape,
     encode_infer_response,
     model_config,
     model_metadata,
@@ -395,6 +396,7 @@ class Repository:
         try:
             model = self.model(model_name, version)
             req, images = parse_infer_request(body, header_length)
+            check_image_shape(images, model.predictor.signature)
         except RequestError as exc:
             return exc.status, _error(exc.message)
         probs = await model.batcher.submit(images)
@@ -417,8 +419,8 @@ class Repository:
 
     async def classify(self, request: Request, top: int = 3, model: str | None = None):
         try:
-            if not 1 <= top <= 10:
-                raise RequestError(f"top must be 1..10, received {top}")
+            if not 1 <= top <= 100:
+                raise RequestError(f"top must be 1..100, received {top}")
             if model is None and len(self.models) > 1:
                 names = ", ".join(self.models)
                 raise RequestError(
@@ -426,7 +428,9 @@ class Repository:
                 )
             served = self.model(model) if model is not None else next(iter(self.models.values()))
             upload = await _upload_bytes(request, await self._body(request))
-            image = await asyncio.to_thread(decode_image, upload)  # off the event loop
+            signature = served.predictor.signature
+            size = (signature.height, signature.width)
+            image = await asyncio.to_thread(decode_image, upload, size)  # off the event loop
         except RequestError as exc:
             return _error_response(exc.status, exc.message)
         probs = (await served.batcher.submit(image[None]))[0]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import reference as reference_cache
-from ..data import load_cifar10, stratified_indices
+from ..data import fit_dataset, load_dataset, stratified_indices
 from ..errors import InvalidOptionError, one_line
 from ..tta import check_tta, with_tta
-from .artifacts import collect_artifacts, load_metadata, resolve_reference
+from .artifacts import collect_artifacts, load_metadata, reference_metadata, resolve_reference
 from .consumers import get_consumer
 from .runtimes import load_predictor
 
@@ -107,7 +107,10 @@ def compare(probs: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict:
     pred, ref_pred = probs.argmax(1), ref.argmax(1)
     diff = np.abs(probs.astype(np.float64) - ref.astype(np.float64))
     acc, ref_acc = float((pred == labels).mean()), float((ref_pred == labels).mean())
-    class_diff = per_class_accuracy(pred, labels) - per_class_accuracy(ref_pred, labels)
+    classes = probs.shape[1]
+    class_diff = per_class_accuracy(pred, labels, classes) - per_class_accuracy(
+        ref_pred, labels, classes
+    )
     return {
         "accuracy": acc,
         "accuracy_diff": 100.0 * (acc - ref_acc),
@@ -151,7 +154,29 @@ def _load_all(artifacts: Sequence[Path], reference: Path | None, device: str, th
     predictors = {
         p: load_predictor(p, device=device, threads=threads, metadata=metas[p]) for p in paths
     }
-    return load_predictor(reference, device="cpu"), predictors
+    ref_meta = reference_metadata(reference, metas)
+    ref = load_predictor(reference, device="cpu", metadata=ref_meta)
+    signatures = {p.signature for p in [ref, *predictors.values()]}
+    if len(signatures) > 1:
+        shown = ", ".join(sorted(s.describe() for s in signatures))
+        raise InvalidOptionError(
+            f"the reference and the artifacts take different inputs or classes ({shown}); "
+            "expected one model's artifacts"
+        )
+    return ref, predictors
+
+
+def load_evaluation_data(data_dir, signature, data=None):
+    """The data set at the model's size; its class count must be the model's."""
+    size = (signature.height, signature.width)
+    data = data if data is not None else load_dataset(data_dir, size=size)
+    if len(data.class_names) != signature.classes:
+        raise InvalidOptionError(
+            f"the data at {data.source} has {len(data.class_names)} classes, but the model "
+            f"outputs {signature.classes}; expected data with the model's classes",
+            hint="pass --data-dir with the model's own data (CIFAR-100, an image folder)",
+        )
+    return fit_dataset(data, size)
 
 
 def evaluation_split(data, samples: int | None, seed: int):
@@ -168,7 +193,11 @@ def evaluation_split(data, samples: int | None, seed: int):
 
 def _cached_reference(ref_predictor, data, idx) -> dict[str, np.ndarray]:
     """The reference's probabilities that training kept (TTA mode -> probabilities of the
-    evaluated images), when they belong to this very model file and test split."""
+    evaluated images), when they belong to this very model file and test split, and the
+    artifacts declare no preprocessing or softmax around it (training keeps the bare model's)."""
+    meta = ref_predictor.metadata
+    if not meta.declared_preprocess.is_identity or meta.added_softmax:
+        return {}
     cached = reference_cache.load(ref_predictor.path, data.x_test, data.y_test)
     return {mode: p if idx is None else p[idx] for mode, p in cached.items()}
 
@@ -230,7 +259,7 @@ def consumer_row(consumer_cls, predictor, images, labels, ours: np.ndarray) -> P
     row = _blank_row(predictor, f"{consumer_cls.name} {consumer_cls.version()}", len(labels))
     try:
         started = time.perf_counter()
-        consumer = consumer_cls(predictor.path)
+        consumer = consumer_cls(predictor.path, predictor.signature.classes)
         try:
             out = consumer.run(images)
             row.seconds = time.perf_counter() - started
@@ -279,7 +308,7 @@ def verify(
     consumer_classes = [get_consumer(name) for name in consumers]
     check_tta(tta)
     ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
-    data = data if data is not None else load_cifar10(data_dir)
+    data = load_evaluation_data(data_dir, ref_predictor.signature, data)
     x, y, idx = evaluation_split(data, samples, seed)
     refs = _cached_reference(ref_predictor, data, idx)  # TTA mode -> reference probabilities
     total, done = _passes(predictors, tta, consumer_classes, refs), 0
