@@ -24,6 +24,7 @@ from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     CifarDeployError,
+    InvalidModelError,
     InvalidOptionError,
 )
 from .serving.limits import ServerLimits
@@ -792,10 +793,29 @@ def predict_cmd(
         raise typer.Exit(EXIT_FAILURE)
 
 
+def _model_file(name: str) -> Path | None:
+    """The user's model file that ``pipeline``'s argument names; None: one of our models."""
+    path = Path(name)
+    if path.suffix.lower() in (".keras", ".h5") or path.is_file():
+        if not path.is_file():
+            raise InvalidModelError(
+                f"no model file at {path}",
+                hint="name a .keras or .h5 file, or one of ours: cnn, mobilenetv2, wrn-28-10",
+            )
+        return path
+    return None
+
+
 @app.command("pipeline")
 @handles_errors
 def pipeline_cmd(
-    model: Annotated[str, typer.Argument(help="Model name: cnn, mobilenetv2, wrn-28-10.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="cnn, mobilenetv2 or wrn-28-10 to train one of ours; or a .keras/.h5 file of "
+            "your own, which skips training."
+        ),
+    ],
     quick: Annotated[
         bool,
         Opt(help="CNN only: every stage within 15 minutes on any machine (see README)."),
@@ -816,6 +836,19 @@ def pipeline_cmd(
     bench_min_time: Annotated[
         float, Opt(help="Seconds per benchmark cell.", min=0, max=3600, callback=finite)
     ] = 0.5,
+    preprocess: Annotated[
+        Optional[PreprocessMode],
+        Opt(help="Your model's input scaling, as for export (see export --help)."),
+    ] = None,
+    mean: Annotated[Optional[str], Opt(help="Your model: per-channel mean R,G,B.")] = None,
+    std: Annotated[Optional[str], Opt(help="Your model: per-channel std R,G,B.")] = None,
+    add_softmax: Annotated[
+        bool, Opt(help="Your model outputs logits: end every artifact in a softmax.")
+    ] = False,
+    labels: Annotated[
+        Optional[Path],
+        Opt(help="Your model: class names, one per line.", exists=True, dir_okay=False),
+    ] = None,
     force: Annotated[bool, Opt(help="Redo every stage, even up-to-date ones.")] = False,
     json_out: JsonFlag = False,
 ):
@@ -823,14 +856,46 @@ def pipeline_cmd(
 
     Stages whose outputs are newer than their inputs are skipped (--force redoes them); a failed
     stage stops the ones after it. The report is runs/<model>/report.md (+ .json, .html, plots).
+
+    With a model file of your own (cifar-deploy pipeline my_model.keras --preprocess unit ...),
+    training is skipped and runs/ and exports/ take the file's name; --preprocess, --mean,
+    --std, --add-softmax and --labels declare it as export does.
     """
     import dataclasses
 
+    from .data import read_labels
     from .pipeline import PipelineConfig, run_pipeline
     from .training.budget import parse_duration
 
+    source = _model_file(model)
+    declared = declared_preprocess(preprocess, mean, std)
+    if source is not None:
+        training = {
+            "--quick": quick,
+            "--epochs": epochs is not None,
+            "--time-budget": time_budget is not None,
+            "--max-train-samples": max_train_samples is not None,
+        }
+        given = [flag for flag, on in training.items() if on]
+        if given:
+            raise InvalidOptionError(
+                f"{', '.join(given)} set how our models train; received with your model file "
+                f"{source}, which is not trained",
+                hint="drop them, or name one of our models (cnn, mobilenetv2, wrn-28-10)",
+            )
+    elif declared is not None or add_softmax or labels is not None:
+        raise InvalidOptionError(
+            f"--preprocess, --mean, --std, --add-softmax and --labels describe a model file of "
+            f"your own; received them with {model!r}, one of ours (raw pixels in, probabilities "
+            "out)",
+            hint="name your .keras or .h5 file instead of a model name",
+        )
     cfg = PipelineConfig(
-        model=model,
+        model=source.stem if source is not None else model,
+        source=source,
+        preprocess=declared,
+        add_softmax=add_softmax,
+        class_names=read_labels(labels) if labels is not None else None,
         quick=quick,
         epochs=epochs,
         time_budget=parse_duration(time_budget) if time_budget else None,
@@ -857,7 +922,7 @@ def pipeline_cmd(
     if json_out:
         console.print_json([dataclasses.asdict(r) for r in results])
     else:
-        console.out.print(console.stages_table(model, results, cfg.budget))
+        console.out.print(console.stages_table(cfg.model, results, cfg.budget))
         report = cfg.run_dir / "report.md"
         if report.exists():
             console.out.print(f"report: {report}")

@@ -1,5 +1,8 @@
 """One command from data to a deployment report: train -> export -> verify -> bench -> report.
 
+A model of the user's own (``source``: a .keras or .h5 file) skips training: its export declares
+the preprocessing, softmax and class names it was given, and verify and bench compare with it.
+
 Each stage declares the files it reads and writes. A stage whose outputs exist and are newer than
 its inputs is skipped (and says so); ``force`` redoes everything. A failing stage stops the stages
 after it (each needs the one before), says which and why, and leaves earlier results intact.
@@ -59,6 +62,11 @@ class PipelineConfig:
     # title -> a context manager yielding console.progress's advance(); None: no progress shown
     progress: Callable | None = None
     plan: BudgetPlan | None = None  # set by run_pipeline when there is a total budget
+    # A model file of the user's own: no training; ``model`` names its runs/ and exports/ folders.
+    source: Path | None = None
+    preprocess: object = None  # contract.Preprocess declared for ``source``; None: raw
+    add_softmax: bool = False
+    class_names: list[str] | None = None
 
     @property
     def budget(self) -> float | None:
@@ -69,6 +77,17 @@ class PipelineConfig:
         if self.quick and self.epochs is None and self.time_budget is None:
             return QUICK_PIPELINE_SECONDS
         return None
+
+    @property
+    def checkpoint(self) -> Path:
+        """The Keras model that is exported and compared with."""
+        return Path(self.source) if self.source is not None else self.run_dir / "best.keras"
+
+    @property
+    def declaration(self) -> Path:
+        """What was declared for a model of the user's own, an input of the export stage: a
+        changed --preprocess, --add-softmax or --labels exports again."""
+        return self.run_dir / "declared.json"
 
     @property
     def run_dir(self) -> Path:
@@ -279,10 +298,15 @@ def _export(cfg: PipelineConfig) -> str:
     Every target is attempted; any failed one fails the stage, naming each."""
     from .export import ExportOptions, export_model
 
-    options = ExportOptions(data_dir=cfg.data_dir, force=True, seed=cfg.seed)
-    artifacts = export_model(
-        cfg.run_dir / "best.keras", _export_targets(cfg), options, cfg.export_dir
+    options = ExportOptions(
+        data_dir=cfg.data_dir,
+        force=True,
+        seed=cfg.seed,
+        preprocess=cfg.preprocess,
+        add_softmax=cfg.add_softmax,
+        class_names=cfg.class_names,
     )
+    artifacts = export_model(cfg.checkpoint, _export_targets(cfg), options, cfg.export_dir)
     failed = [a for a in artifacts if a.status != "ok"]
     if failed:
         reasons = "; ".join(a.error or "" for a in failed)
@@ -305,7 +329,7 @@ def _verify(cfg: PipelineConfig) -> str:
     with _progress(cfg, "verifying", total=None) as advance:
         rows = verify(
             _artifact_paths(cfg),
-            reference=cfg.run_dir / "best.keras",
+            reference=cfg.checkpoint,
             data_dir=cfg.data_dir,
             samples=samples,
             on_progress=pass_reporter(advance),
@@ -321,7 +345,7 @@ def _bench(cfg: PipelineConfig) -> str:
     config = BenchConfig(
         batch_sizes=cfg.bench_batch_sizes, warmup=2, min_time=cfg.bench_min_time, min_runs=5
     )
-    rows, machine = benchmark(_artifact_paths(cfg), config, reference=cfg.run_dir / "best.keras")
+    rows, machine = benchmark(_artifact_paths(cfg), config, reference=cfg.checkpoint)
     (cfg.run_dir / "bench.json").write_text(
         json.dumps({"machine": machine, "rows": [r.to_dict() for r in rows]}, indent=2, default=str)
     )
@@ -338,14 +362,33 @@ def _report(cfg: PipelineConfig) -> str:
 
 def _report_outputs(cfg: PipelineConfig) -> list[Path]:
     d = cfg.run_dir
+    training = [] if cfg.source is not None else [d / "training.png"]
     return [
         d / "report.md",
         d / "report.json",
         d / "report.html",
-        d / "training.png",
+        *training,
         d / "latency.png",
         d / "accuracy.png",
     ]
+
+
+def _write_declaration(cfg: PipelineConfig) -> None:
+    """``declared.json`` for a model of the user's own, rewritten only when it changes (its
+    modification time is what tells the export stage to run again)."""
+    text = json.dumps(
+        {
+            "source": str(cfg.source),
+            "preprocess": cfg.preprocess.to_dict() if cfg.preprocess is not None else None,
+            "add_softmax": cfg.add_softmax,
+            "class_names": cfg.class_names,
+        },
+        indent=2,
+    )
+    path = cfg.declaration
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 STAGES: list[Stage] = [
@@ -355,7 +398,7 @@ STAGES: list[Stage] = [
         lambda c: [c.run_dir / "best.keras", c.run_dir / "run.json", c.run_dir / "history.csv"],
         _train,
     ),
-    Stage("export", lambda c: [c.run_dir / "best.keras"], _export_paths, _export),
+    Stage("export", lambda c: [c.checkpoint, c.declaration], _export_paths, _export),
     Stage("verify", _export_paths, lambda c: [c.run_dir / "parity.json"], _verify),
     Stage("bench", _export_paths, lambda c: [c.run_dir / "bench.json"], _bench),
     Stage(
@@ -376,9 +419,12 @@ def run_pipeline(
     from .training import get_model_spec
 
     pipeline_started = time.perf_counter()
-    get_model_spec(cfg.model)  # an unknown model fails before any work
+    if cfg.source is None:
+        get_model_spec(cfg.model)  # an unknown model fails before any work
     targets = _export_targets(cfg)  # so does an unknown format
-    if cfg.budget is not None:
+    if cfg.source is not None:
+        _write_declaration(cfg)
+    elif cfg.budget is not None:
         cfg.plan = plan_budget(
             cfg.budget,
             inference_rate(cfg.model, cfg.model_kwargs),
@@ -396,6 +442,11 @@ def run_pipeline(
                 StageResult(stage.name, "not run", detail=f"needs {blocked_by}, which failed")
             )
             continue
+        if stage.name == "train" and cfg.source is not None:
+            results.append(StageResult("train", "skipped", detail=f"your model: {cfg.source}"))
+            if on_stage_end:
+                on_stage_end(results[-1])
+            continue
         if on_stage_start:
             on_stage_start(stage.name)
         started = time.perf_counter()
@@ -408,7 +459,8 @@ def run_pipeline(
                 detail = stage.run(cfg)
                 result = StageResult(stage.name, "done", detail=detail)
             except CifarDeployError as exc:
-                result = StageResult(stage.name, "failed", detail=exc.message)
+                hint = f" ({exc.hint})" if exc.hint else ""
+                result = StageResult(stage.name, "failed", detail=exc.message + hint)
             except Exception as exc:  # a stage's own bug still ends as a row, not a traceback
                 result = StageResult(stage.name, "failed", detail=f"{type(exc).__name__}: {exc}")
             if result.status == "failed":

@@ -34,7 +34,8 @@ def _load(path: Path):
 
 def build_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
-    run = _load(run_dir / "run.json")
+    trained = (run_dir / "run.json").exists()  # else a model of the user's own
+    run = _load(run_dir / "run.json") if trained else {"model": run_dir.name}
     parity = _load(run_dir / "parity.json")
     bench = _load(run_dir / "bench.json")
     rows = []
@@ -86,6 +87,8 @@ def build_report(run_dir: Path) -> dict:
                 "data",
             )
         },
+        "trained_here": trained,
+        "reference_path": reference.get("path"),
         "reference_accuracy": reference.get("accuracy"),
         "test_images": reference.get("samples"),
         "artifacts": rows,
@@ -123,6 +126,12 @@ def _tta_note(training: dict) -> str:
     return f", {tta:.2%} with flip test-time augmentation" if tta is not None else ""
 
 
+def _not_trained_here(report: dict) -> str:
+    if report.get("trained_here", True):
+        return "Training figures unavailable."
+    return f"Not trained by cifar-deploy: the model is `{report.get('reference_path')}`."
+
+
 def render_markdown(report: dict) -> str:
     t = report["training"]
     m = report["machine"]
@@ -142,10 +151,9 @@ def render_markdown(report: dict) -> str:
         f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
         f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
         if t.get("test_accuracy") is not None
-        else "Training figures unavailable.",
+        else _not_trained_here(report),
         "",
-        "![training curves](training.png)",
-        "",
+        *(["![training curves](training.png)", ""] if report.get("trained_here", True) else []),
         f"## Artifacts (parity on {report['test_images'] or 0:,} test images, reference "
         f"accuracy {report['reference_accuracy'] or 0:.2%})",
         "",
@@ -171,6 +179,9 @@ def render_html(report: dict, markdown: str) -> str:
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     rec = report["recommendation"]
+    training = (
+        '<p><img src="training.png" width="900"></p>' if report.get("trained_here", True) else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Deployment report: {html.escape(str(report["model"]))}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
@@ -180,7 +191,7 @@ td:first-child{{text-align:left}}</style>
 <p><b>Smallest passing:</b> {html.escape(str(rec["smallest_passing"]))} &middot;
 <b>Fastest passing:</b> {html.escape(str(rec["fastest_passing"]))}</p>
 <table><tr>{head}</tr>{rows}</table>
-<p><img src="training.png" width="900"></p><p><img src="latency.png" width="900"></p>
+{training}<p><img src="latency.png" width="900"></p>
 <p><img src="accuracy.png" width="600"></p>
 <pre>{html.escape(markdown)}</pre></body></html>
 """
@@ -193,7 +204,8 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     report = build_report(run_dir)
     bench_rows = [BenchRow(**r) for r in _load(run_dir / "bench.json")["rows"]]
-    plot_history(run_dir / "history.csv", run_dir / "training.png")
+    if (run_dir / "history.csv").exists():
+        plot_history(run_dir / "history.csv", run_dir / "training.png")
     plot_bench(bench_rows, run_dir / "latency.png")
     plot_accuracy_png(_load(run_dir / "parity.json"), run_dir / "accuracy.png")
     markdown = render_markdown(report)

@@ -200,3 +200,92 @@ def test_the_export_stage_tries_every_target_and_names_each_failure(
         "cnn_float32.onnx.json",
         "cnn_int8.onnx.json",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# A model of the user's own: no training; export declares what the user said of it
+
+
+def _user_logits_model(path: Path) -> Path:
+    """A logits-head classifier written outside cifar-deploy, with a weight tensor large
+    enough (over 1,024 values) for dynamic-range quantization to act on."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, layers.Dense(10)(x), name="theirs").save(path)
+    return path
+
+
+def _user_args(model: Path, tmp_path, cifar_dir, *extra) -> list[str]:
+    return [
+        "pipeline", str(model), "--data-dir", str(cifar_dir), "--formats", "onnx",
+        "--runs-dir", str(tmp_path / "runs"), "--exports-dir", str(tmp_path / "exports"),
+        "--bench-batch-sizes", "1", "--bench-min-time", "0.01", "--json", *extra,
+    ]  # fmt: skip
+
+
+def test_a_model_file_of_ones_own_skips_training_and_is_exported_as_declared(tmp_path, cifar_dir):
+    model = _user_logits_model(tmp_path / "theirs.keras")
+    result = runner.invoke(app, _user_args(model, tmp_path, cifar_dir, "--add-softmax"))
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)
+    assert [(s["name"], s["status"]) for s in stages] == [("train", "skipped")] + [
+        (s, "done") for s in STAGES[1:]
+    ]
+    assert stages[0]["detail"] == f"your model: {model}"
+    sidecar = json.loads((tmp_path / "exports" / "theirs" / "theirs_float32.onnx.json").read_text())
+    assert sidecar["added_softmax"] is True
+    report = json.loads((tmp_path / "runs" / "theirs" / "report.json").read_text())
+    assert report["trained_here"] is False and report["reference_path"] == str(model)
+    markdown = (tmp_path / "runs" / "theirs" / "report.md").read_text()
+    assert f"Not trained by cifar-deploy: the model is `{model}`." in markdown
+    assert "training.png" not in markdown and not (tmp_path / "runs/theirs/training.png").exists()
+
+
+def test_a_changed_declaration_exports_again_and_the_same_one_does_not(tmp_path, cifar_dir):
+    model = _user_logits_model(tmp_path / "theirs.keras")
+    first = runner.invoke(app, _user_args(model, tmp_path, cifar_dir, "--add-softmax"))
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, _user_args(model, tmp_path, cifar_dir, "--add-softmax"))
+    assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 5
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"kind {i}" for i in range(10)) + "\n")
+    relabelled = runner.invoke(
+        app, _user_args(model, tmp_path, cifar_dir, "--add-softmax", "--labels", str(labels))
+    )
+    assert [s["status"] for s in json.loads(relabelled.stdout)][1:] == ["done"] * 4
+    sidecar = json.loads((tmp_path / "exports" / "theirs" / "theirs_int8.onnx.json").read_text())
+    assert sidecar["class_names"][0] == "kind 0"
+
+
+def test_a_logits_model_without_add_softmax_fails_at_export_naming_the_flag(tmp_path, cifar_dir):
+    model = _user_logits_model(tmp_path / "theirs.keras")
+    result = runner.invoke(app, _user_args(model, tmp_path, cifar_dir))
+    assert result.exit_code == 1
+    stages = {s["name"]: s for s in json.loads(result.stdout)}
+    assert stages["export"]["status"] == "failed" and "--add-softmax" in stages["export"]["detail"]
+    assert stages["verify"]["status"] == "not run"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{model}", "--epochs", "3"], "--epochs set how our models train; received with your"),
+        (["{model}", "--quick"], "--quick set how our models train"),
+        (["cnn", "--preprocess", "unit"], "describe a model file of your own; received them with"),
+        (["cnn", "--add-softmax"], "describe a model file of your own"),
+        (["missing.keras"], "no model file at missing.keras"),
+    ],
+)
+def test_options_that_do_not_fit_the_model_are_refused_before_any_work(tmp_path, args, message):
+    model = _user_logits_model(tmp_path / "theirs.keras")
+    argv = [a.format(model=model) for a in args]
+    result = runner.invoke(app, ["pipeline", *argv, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not (tmp_path / "runs").exists()
