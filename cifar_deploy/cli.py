@@ -151,6 +151,25 @@ JsonOut = Annotated[
     typer.Option("--json-out", help="Also write the JSON to FILE.", callback=output_file),
 ]
 
+# What a model of the user's own was trained with: export and pipeline bake it into every
+# artifact; verify and bench apply it to a Keras model that no sidecar describes.
+PreprocessMode = Enum("PreprocessMode", {m: m for m in PREPROCESS_MODES}, type=str)
+PreprocessOpt = Annotated[
+    Optional[PreprocessMode],
+    typer.Option(
+        help="The input scaling the model was trained with: "
+        + "; ".join(f"{m}: {t}" for m, t in MODE_MEANING.items())
+        + " [default: raw, or what the sidecars say]."
+    ),
+]
+MeanOpt = Annotated[
+    Optional[str], typer.Option(help="Per-channel mean R,G,B subtracted after --preprocess.")
+]
+StdOpt = Annotated[
+    Optional[str], typer.Option(help="Per-channel std R,G,B divided by after --preprocess.")
+]
+AddSoftmax = Annotated[bool, typer.Option(help="The model outputs logits: end it in a softmax.")]
+
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
@@ -319,10 +338,6 @@ class TTA(str, Enum):
     flip = "flip"
 
 
-# The declared-preprocessing choices, generated from the contract's table.
-PreprocessMode = Enum("PreprocessMode", {m: m for m in PREPROCESS_MODES}, type=str)
-
-
 def declared_preprocess(mode, mean: str | None, std: str | None):
     """The ``--preprocess``/``--mean``/``--std`` declaration (None: nothing declared)."""
     from .contract import Preprocess, parse_channels
@@ -335,6 +350,16 @@ def declared_preprocess(mode, mean: str | None, std: str | None):
             )
         return None
     return Preprocess(mode.value, parse_channels(mean, "--mean"), parse_channels(std, "--std"))
+
+
+def declaration(mode, mean: str | None, std: str | None, add_softmax: bool):
+    """What verify and bench were told of a Keras model (None: nothing, the sidecars say)."""
+    from .contract import Declaration
+
+    preprocess = declared_preprocess(mode, mean, std)
+    if preprocess is None and not add_softmax:
+        return None
+    return Declaration(preprocess, add_softmax)
 
 
 class Format(str, Enum):
@@ -393,23 +418,10 @@ def export_cmd(
     tta: Annotated[
         Optional[TTA], Opt(help="flip: bake mirror test-time augmentation into the graph.")
     ] = None,
-    preprocess: Annotated[
-        Optional[PreprocessMode],
-        Opt(
-            help="The input scaling the model was trained with, baked into every artifact: "
-            + "; ".join(f"{m}: {t}" for m, t in MODE_MEANING.items())
-            + " [default: raw, checked on real images]."
-        ),
-    ] = None,
-    mean: Annotated[
-        Optional[str], Opt(help="Per-channel mean R,G,B subtracted after --preprocess.")
-    ] = None,
-    std: Annotated[
-        Optional[str], Opt(help="Per-channel std R,G,B divided by after --preprocess.")
-    ] = None,
-    add_softmax: Annotated[
-        bool, Opt(help="The model outputs logits: end every artifact in a softmax.")
-    ] = False,
+    preprocess: PreprocessOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    add_softmax: AddSoftmax = False,
     labels: Annotated[
         Optional[Path],
         Opt(
@@ -515,10 +527,18 @@ def verify_cmd(
         Opt(help="Also run each .tflite in a library apps embed (mediapipe) against LiteRT."),
     ] = None,
     tta: Annotated[TTA, Opt(help="flip: also report accuracy with mirror TTA.")] = TTA.none,
+    preprocess: PreprocessOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    add_softmax: AddSoftmax = False,
 ):
     """Check every exported artifact against its Keras model on the real test set.
 
     Exit code 0 when every artifact passes its tolerance, 1 when any fails, 2 for bad input.
+
+    The Keras model answers raw pixels as its artifacts do: with the preprocessing and softmax
+    their sidecars declare. For artifacts without sidecars, declare them here (--preprocess,
+    --mean, --std, --add-softmax); a declaration that contradicts the sidecars is refused.
     """
     from .render import parity_markdown, parity_table
     from .serving.artifacts import default_artifacts
@@ -543,6 +563,7 @@ def verify_cmd(
             on_progress=report,
             consumers=consumer or (),
             tta=tta.value,
+            declared=declaration(preprocess, mean, std, add_softmax),
         )
     console.emit(json_out, json_file, [r.to_dict() for r in rows], lambda: parity_table(rows))
     if markdown_file:
@@ -589,8 +610,16 @@ def bench_cmd(
     accuracy: Annotated[
         Optional[Path], Opt(help="A verify --json-out file: adds accuracy against size to --plot.")
     ] = None,
+    preprocess: PreprocessOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    add_softmax: AddSoftmax = False,
 ):
-    """Measure latency and throughput of every artifact, with Keras as the baseline."""
+    """Measure latency and throughput of every artifact, with Keras as the baseline.
+
+    A Keras model runs with the preprocessing and softmax its artifacts' sidecars declare, or
+    the ones given here (--preprocess, --mean, --std, --add-softmax) when no sidecar says.
+    """
     from .render import bench_csv, bench_table
     from .serving.artifacts import default_artifacts
     from .serving.bench import BenchConfig, benchmark
@@ -608,7 +637,11 @@ def bench_cmd(
     paths = artifacts or default_artifacts(exports_dir)
     with console.progress("benchmarking", total=None, lines=True) as advance:
         rows, machine = benchmark(
-            paths, config, reference=reference, on_progress=lambda name: advance(description=name)
+            paths,
+            config,
+            reference=reference,
+            on_progress=lambda name: advance(description=name),
+            declared=declaration(preprocess, mean, std, add_softmax),
         )
     record = {"machine": machine, "rows": [r.to_dict() for r in rows]}
     console.emit(json_out, json_file, record, lambda: bench_table(rows, machine))
@@ -836,15 +869,10 @@ def pipeline_cmd(
     bench_min_time: Annotated[
         float, Opt(help="Seconds per benchmark cell.", min=0, max=3600, callback=finite)
     ] = 0.5,
-    preprocess: Annotated[
-        Optional[PreprocessMode],
-        Opt(help="Your model's input scaling, as for export (see export --help)."),
-    ] = None,
-    mean: Annotated[Optional[str], Opt(help="Your model: per-channel mean R,G,B.")] = None,
-    std: Annotated[Optional[str], Opt(help="Your model: per-channel std R,G,B.")] = None,
-    add_softmax: Annotated[
-        bool, Opt(help="Your model outputs logits: end every artifact in a softmax.")
-    ] = False,
+    preprocess: PreprocessOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    add_softmax: AddSoftmax = False,
     labels: Annotated[
         Optional[Path],
         Opt(help="Your model: class names, one per line.", exists=True, dir_okay=False),

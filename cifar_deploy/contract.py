@@ -260,6 +260,19 @@ def parse_channels(text: str | None, flag: str) -> tuple[float, float, float] | 
     return values
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """What a user said of a Keras model on the command line, for verify and bench: the
+    preprocessing it was trained with (None: not said) and whether it needs a softmax."""
+
+    preprocess: Preprocess | None = None
+    add_softmax: bool = False
+
+    def flags(self) -> str:
+        said = [self.preprocess.flags()] if self.preprocess is not None else []
+        return " ".join(said + (["--add-softmax"] if self.add_softmax else []))
+
+
 # Distributions whose versions every run record and sidecar lists (when installed).
 _VERSIONED = (
     "tensorflow",

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..contract import Declaration
 from ..errors import InvalidModelError, InvalidOptionError
 from ..export.metadata import Metadata, artifact_of, read_sidecar, sha256_of, sidecar_path
 
@@ -116,27 +117,54 @@ def resolve_reference(metas: Mapping[Path, Metadata], reference: Path | None) ->
     return reference
 
 
-def reference_metadata(reference: Path, metas: Mapping[Path, Metadata]) -> Metadata:
+def reference_metadata(
+    reference: Path, metas: Mapping[Path, Metadata], declared: Declaration | None = None
+) -> Metadata:
     """The reference model's record: built from the file, with the preprocessing, the added
     softmax and the class names its artifacts' sidecars declare, so that it answers raw pixels
-    exactly as they do. Sidecars that declare different ones are refused."""
+    exactly as they do. Sidecars that declare different ones are refused; so is a
+    command-line ``declared`` that contradicts them (what it leaves unsaid, they say)."""
     record = Metadata.bare(reference, "keras")
-    declared = {
+    said = {
         (json.dumps(m.source_preprocess, sort_keys=True), m.added_softmax)
         for m in metas.values()
         if m.from_sidecar
     }
-    if len(declared) > 1:
+    if len(said) > 1:
         raise InvalidOptionError(
-            f"the artifacts declare {len(declared)} different preprocessings or softmax "
+            f"the artifacts declare {len(said)} different preprocessings or softmax "
             "settings for one model; verify the artifacts of one export together"
         )
-    if declared:
-        preprocess, record.added_softmax = next(iter(declared))
+    if said:
+        preprocess, record.added_softmax = next(iter(said))
         record.source_preprocess = json.loads(preprocess)
         named = next(m for m in metas.values() if m.from_sidecar)
         record.class_names = list(named.class_names)
+        if declared is not None:
+            _check_against_sidecars(declared, record)
+    declare(record, declared)
     return record
+
+
+def declare(record: Metadata, declared: Declaration | None) -> None:
+    """Apply what the command line said of a Keras model to its record."""
+    if declared is None:
+        return
+    if declared.preprocess is not None:
+        record.source_preprocess = declared.preprocess.to_dict()
+    record.added_softmax = record.added_softmax or declared.add_softmax
+
+
+def _check_against_sidecars(declared: Declaration, record: Metadata) -> None:
+    sidecars = Declaration(record.declared_preprocess, record.added_softmax)
+    same_preprocess = declared.preprocess in (None, sidecars.preprocess)
+    same_softmax = not declared.add_softmax or sidecars.add_softmax
+    if not (same_preprocess and same_softmax):
+        raise InvalidOptionError(
+            f"received {declared.flags()}, but the artifacts' sidecars declare "
+            f"{sidecars.flags() or '--preprocess raw'}; expected what the export declared",
+            hint="leave the flags out: the sidecars say how the Keras model was trained",
+        )
 
 
 def _source_path(artifact: Path, metadata: Metadata) -> Path:

@@ -25,7 +25,13 @@ from .. import _tf
 from ..contract import Signature, library_versions
 from ..errors import CifarDeployError, InvalidOptionError, one_line
 from ..export.metadata import Metadata
-from .artifacts import collect_artifacts, load_metadata, reference_metadata, resolve_reference
+from .artifacts import (
+    collect_artifacts,
+    declare,
+    load_metadata,
+    reference_metadata,
+    resolve_reference,
+)
 from .runtimes import DEVICES, PREDICTORS, load_predictor
 
 POOL = 4  # distinct input batches cycled through the timed runs
@@ -350,8 +356,10 @@ def benchmark(
     config: BenchConfig | None = None,
     reference: Path | None = None,
     on_progress: Callable[[str], None] | None = None,
+    declared=None,
 ) -> tuple[list[BenchRow], dict]:
-    """Benchmark every artifact (and the Keras baseline); returns (rows, machine info)."""
+    """Benchmark every artifact (and the Keras baseline); returns (rows, machine info).
+    ``declared`` (a :class:`~cifar_deploy.contract.Declaration`) applies to Keras models."""
     config = config or BenchConfig()
     config.validate()
     paths = collect_artifacts(artifacts)
@@ -360,6 +368,8 @@ def benchmark(
     for path in paths:  # each sidecar read and hashed once
         try:
             metas[path] = load_metadata(path)
+            if metas[path].format == "keras":
+                declare(metas[path], declared)
         except CifarDeployError as exc:
             broken[path] = exc.message
     if config.baseline:
@@ -370,7 +380,7 @@ def benchmark(
             if on_progress:
                 on_progress(f"keras baseline ({device})")
             rows += bench_keras_baseline(
-                reference, device, config, reference_metadata(reference, metas)
+                reference, device, config, reference_metadata(reference, metas, declared)
             )
         for path in paths:
             if path in broken:

@@ -20,7 +20,13 @@ from .. import reference as reference_cache
 from ..data import fit_dataset, load_dataset, stratified_indices
 from ..errors import InvalidOptionError, one_line
 from ..tta import check_tta, with_tta
-from .artifacts import collect_artifacts, load_metadata, reference_metadata, resolve_reference
+from .artifacts import (
+    collect_artifacts,
+    declare,
+    load_metadata,
+    reference_metadata,
+    resolve_reference,
+)
 from .consumers import get_consumer
 from .runtimes import load_predictor
 
@@ -135,11 +141,17 @@ def judge(figures: dict, tolerance: Tolerance) -> list[str]:
     return reasons
 
 
-def _load_all(artifacts: Sequence[Path], reference: Path | None, device: str, threads):
+def _load_all(
+    artifacts: Sequence[Path], reference: Path | None, device: str, threads, declared=None
+):
     """(reference predictor, {artifact path: predictor}): every file loaded before any
-    evaluation, so a corrupt one is bad input, not a failed row."""
+    evaluation, so a corrupt one is bad input, not a failed row. ``declared`` (a
+    :class:`~cifar_deploy.contract.Declaration`) applies to the Keras models."""
     paths = collect_artifacts(artifacts)
     metas = {p: load_metadata(p) for p in paths}  # raises on missing files or hash mismatches
+    for meta in metas.values():
+        if meta.format == "keras":
+            declare(meta, declared)
     models = {m.model_name for m in metas.values() if m.from_sidecar}
     if len(models) > 1:
         raise InvalidOptionError(
@@ -154,7 +166,7 @@ def _load_all(artifacts: Sequence[Path], reference: Path | None, device: str, th
     predictors = {
         p: load_predictor(p, device=device, threads=threads, metadata=metas[p]) for p in paths
     }
-    ref_meta = reference_metadata(reference, metas)
+    ref_meta = reference_metadata(reference, metas, declared)
     ref = load_predictor(reference, device="cpu", metadata=ref_meta)
     signatures = {p.signature for p in [ref, *predictors.values()]}
     if len(signatures) > 1:
@@ -290,6 +302,7 @@ def verify(
     on_progress: Callable[[str, int, int], None] | None = None,
     consumers: Sequence[str] = (),
     tta: str = "none",
+    declared=None,
 ) -> list[ParityRow]:
     """Evaluate the reference and every artifact on the test split; one row each, plus one row
     per ``consumers`` library (e.g. "mediapipe") and artifact it can load, compared with our
@@ -307,7 +320,7 @@ def verify(
     """
     consumer_classes = [get_consumer(name) for name in consumers]
     check_tta(tta)
-    ref_predictor, predictors = _load_all(artifacts, reference, device, threads)
+    ref_predictor, predictors = _load_all(artifacts, reference, device, threads, declared)
     data = load_evaluation_data(data_dir, ref_predictor.signature, data)
     x, y, idx = evaluation_split(data, samples, seed)
     refs = _cached_reference(ref_predictor, data, idx)  # TTA mode -> reference probabilities
