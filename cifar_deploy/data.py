@@ -420,7 +420,6 @@ CIFAR100_FILES = ("train", "test", "meta")
 CIFAR100_CLASSES = 100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FOLDER_IMAGES = 200_000  # files one image folder may hold before it is refused
-MAX_IMAGE_PIXELS = 4096 * 4096  # declared width x height of one image before it is refused
 EXPECTED_DATA = (
     "expected CIFAR-10's python release (cifar-10-batches-py/ or cifar-10-python.tar.gz), "
     "CIFAR-100's (cifar-100-python/), or a folder with one subfolder of JPEG/PNG images per class"
@@ -452,39 +451,14 @@ def _folder_splits(path: Path) -> tuple[Path, Path] | None:
 
 
 def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A JPEG or PNG file as uint8 RGB ``(height, width, 3)``, resized (bilinear) to ``size``
-    = (height, width); its declared pixel count is checked before it is decoded."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    """A JPEG or PNG file as uint8 RGB ``(height, width, 3)`` at ``size`` = (height, width),
+    decoded as the server decodes an upload (:func:`cifar_deploy.imaging.to_rgb`)."""
+    from .imaging import ImageRefused, to_rgb
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            if img.format not in ("PNG", "JPEG"):
-                raise DataFormatError(f"{path}: expected a PNG or JPEG image, found {img.format}")
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
-                raise DataFormatError(
-                    f"{path}: declares {width} x {height} pixels; expected 1 to "
-                    f"{MAX_IMAGE_PIXELS:,} pixels"
-                )
-            rgb = img.convert("RGB")
-            if rgb.size != (size[1], size[0]):
-                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except DataFormatError:
-        raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise DataFormatError(f"{path}: not a readable PNG or JPEG image ({exc})") from None
+        return to_rgb(str(path), size)
+    except ImageRefused as exc:
+        raise DataFormatError(f"{path}: {exc.message}") from None
 
 
 def _read_folder(root: Path, size: tuple[int, int], names: list[str] | None):

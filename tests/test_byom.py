@@ -245,6 +245,57 @@ def test_without_data_the_preprocessing_is_not_checked_and_says_so(tmp_path):
     assert "preprocessing was not checked" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def bare_onnx(normalized_model, tmp_path_factory):
+    """The normalized model's float32 ONNX, exported with its declaration, then stripped of
+    its sidecar: what a user holds who converted the model elsewhere."""
+    model, data, declared = normalized_model
+    out = tmp_path_factory.mktemp("bare")
+    options = ExportOptions(preprocess=declared, data_dir=data)
+    (artifact,) = export_model(model, _targets("onnx")[:1], options, out)
+    artifact.path.with_name(artifact.path.name + ".json").unlink()
+    return artifact.path
+
+
+def _verify_json(*args):
+    result = invoke("verify", *args, "--json")
+    return result, (json.loads(result.stdout) if result.exit_code in (0, 1) else None)
+
+
+def test_verify_applies_a_declaration_to_a_keras_reference_that_no_sidecar_describes(
+    normalized_model, bare_onnx
+):
+    model, data, declared = normalized_model
+    flags = declared.flags().split()
+    result, rows = _verify_json(bare_onnx, "--reference", model, "--data-dir", data, *flags)
+    assert result.exit_code == 0, result.output
+    assert rows[1]["agreement"] == 1.0 and rows[1]["status"] == "pass"
+    # without the declaration, the raw-pixel reference disagrees with the artifact
+    undeclared, rows = _verify_json(bare_onnx, "--reference", model, "--data-dir", data)
+    assert undeclared.exit_code == 1 and rows[1]["status"] == "fail"
+
+
+def test_bench_runs_a_bare_keras_model_with_its_declaration(normalized_model):
+    model, _, declared = normalized_model
+    args = ("bench", model, "--batch-sizes", "1", "--min-time", "0", "--min-runs", "1")
+    result = invoke(*args, "--warmup", "0", "--json", *declared.flags().split())
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert rows and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_declaration_that_contradicts_the_sidecars_is_refused(normalized_model, tmp_path):
+    model, data, declared = normalized_model
+    out = tmp_path / "out"
+    options = ExportOptions(preprocess=declared, data_dir=data)
+    export_model(model, _targets("onnx")[:1], options, out)
+    result = invoke("verify", out, "--data-dir", data, "--preprocess", "tf")
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert "received --preprocess tf, but the artifacts' sidecars declare" in line
+    assert declared.flags() in line
+
+
 # ---------------------------------------------------------------------------------------------
 # Any size and class count: a 64x64, 100-class model with a labels file and an image folder
 
@@ -449,7 +500,7 @@ def _unreadable(root):
     [
         (_one_class, "holds 1 class folder(s)"),
         (_empty_class, "no JPEG or PNG images in the class folder(s) class_002"),
-        (_unreadable, "broken.png: not a readable PNG or JPEG image"),
+        (_unreadable, "broken.png: not a decodable PNG or JPEG image"),
     ],
 )
 def test_a_bad_image_folder_is_one_line_and_exit_2(tmp_path, make, message):

@@ -157,7 +157,7 @@ def check_declared(source, data, explicit_preprocess: bool, seed: int = 42) -> D
         probe = rng.integers(0, 256, (PROBE_IMAGES, *source.signature.image_shape), np.uint8)
         check_outputs(source, _outputs(model, source.preprocess, probe))
         return record
-    if source._class_names is None:
+    if not source.names_given:
         source.set_class_names(list(data.class_names), f"the data at {data.source}")
     images, labels = _sample(data, CHECK_SAMPLES, seed)
     record.samples, record.data = len(labels), data.source

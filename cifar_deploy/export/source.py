@@ -141,6 +141,11 @@ class ExportSource:
             return self._class_names
         return default_class_names(self.signature.classes)
 
+    @property
+    def names_given(self) -> bool:
+        """Whether class names were set (a labels file or a dataset), not the defaults."""
+        return self._class_names is not None
+
     def set_class_names(self, names: list[str], origin: str) -> None:
         """Take ``names`` (from ``origin``: a labels file, a dataset) for the model's outputs;
         a count that differs from the model's is refused, naming both."""
