@@ -591,3 +591,42 @@ def test_the_signature_of_a_model_is_read_from_its_shapes():
     assert Signature.of_shapes((None, 64, 48, 3), (None, 100), "m") == Signature(64, 48, 100)
     with pytest.raises(InvalidModelError, match="received"):
         Signature.of_shapes((None, None, None, 3), (None, 10), "m")
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed-style model on the real data, as a new user takes it through the CLI
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_a_seed_style_model_is_refused_without_its_scaling_and_exports_faithfully_with_it(
+    real_data_dir, tmp_path
+):
+    """benchmarks/byom.py, which prints README's figures, on 2,000 test images: trained with
+    normalization outside the model, refused without --preprocess (nothing written), then every
+    artifact within 1 point of the normalized Keras model, and MediaPipe on raw pixels agreeing
+    with LiteRT."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "byom.py"
+    args = ["--data-dir", real_data_dir, "--out", tmp_path, "--epochs", "2", "--samples", "2000"]
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args), "--json"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)
+    model = record["model"]
+    assert model["normalized_accuracy"] > model["raw_accuracy"] + 0.2, model
+    refused = record["without_flags"]
+    assert refused["exit_code"] == 2 and not refused["written"], refused
+    assert "on raw pixels" in refused["error"] and "--preprocess" in refused["error"]
+    assert record["artifacts"] == 10 and record["verify_exit_code"] == 0
+    reference, *rows = record["rows"]
+    assert reference["status"] == "reference"
+    assert len(rows) == 10 + 4  # every artifact, and MediaPipe on each .tflite
+    for row in rows:
+        assert row["status"] == "pass" and abs(row["accuracy_diff"]) <= 1.0, row
+    mediapipe = [r for r in rows if r["runtime"].startswith("mediapipe")]
+    assert len(mediapipe) == 4 and all(r["agreement"] >= 0.99 for r in mediapipe), mediapipe
