@@ -305,6 +305,7 @@ def _export(cfg: PipelineConfig) -> str:
         preprocess=cfg.preprocess,
         add_softmax=cfg.add_softmax,
         class_names=cfg.class_names,
+        name=cfg.model if cfg.source is not None else None,
     )
     artifacts = export_model(cfg.checkpoint, _export_targets(cfg), options, cfg.export_dir)
     failed = [a for a in artifacts if a.status != "ok"]

@@ -208,7 +208,8 @@ def test_the_export_stage_tries_every_target_and_names_each_failure(
 
 def _user_logits_model(path: Path) -> Path:
     """A logits-head classifier written outside cifar-deploy, with a weight tensor large
-    enough (over 1,024 values) for dynamic-range quantization to act on."""
+    enough (over 1,024 values) for dynamic-range quantization to act on. Its Keras name is not
+    its file's: runs/ and exports/ and the artifacts take the file's."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -217,7 +218,7 @@ def _user_logits_model(path: Path) -> Path:
     x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
     x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
-    keras.Model(inputs, layers.Dense(10)(x), name="theirs").save(path)
+    keras.Model(inputs, layers.Dense(10)(x), name="their_net").save(path)
     return path
 
 

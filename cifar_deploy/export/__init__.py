@@ -104,6 +104,7 @@ def export_model(
         tta=options.tta or "none",
         preprocess=options.preprocess,
         add_softmax=options.add_softmax,
+        name=options.name,
     )
     with source:
         _ = source.model  # load (and validate) once, before any format starts

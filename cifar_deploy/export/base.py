@@ -58,6 +58,8 @@ class ExportOptions:
     preprocess: Preprocess | None = None
     add_softmax: bool = False
     class_names: list[str] | None = None
+    # The name artifacts take (<name>_<quantization>.<ext>); None: run.json's, else Keras's.
+    name: str | None = None
 
 
 @dataclass

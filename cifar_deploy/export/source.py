@@ -113,8 +113,10 @@ class ExportSource:
         preprocess: Preprocess | None = None,
         add_softmax: bool = False,
         class_names: list[str] | None = None,
+        name: str | None = None,
     ):
         self.path = validate_model_file(Path(path))
+        self._name = name
         self.tta = check_tta(tta)  # test-time augmentation baked into every exported graph
         self.preprocess = preprocess or Preprocess()  # declared; baked into every graph
         self.add_softmax = add_softmax  # a logits head gets a softmax in every graph
@@ -163,7 +165,10 @@ class ExportSource:
 
     @cached_property
     def model_name(self) -> str:
-        """The registry name from the run's ``run.json`` when present, else the Keras name."""
+        """The name given, else the registry name from the run's ``run.json`` when present,
+        else the Keras name."""
+        if self._name is not None:
+            return self._name
         run_json = self.path.parent / "run.json"
         if run_json.exists():
             try:
