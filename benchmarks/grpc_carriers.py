@@ -1,6 +1,7 @@
 """What carrying a gRPC call costs, without any model: grpcio's asyncio server (on uvloop and on
-asyncio's own loop), grpcio's thread-pool server, and this project's HTTP/2 carrier
-(``serving/grpc_wire.py``), each serving the Open Inference Protocol methods perf_analyzer needs,
+asyncio's own loop) and grpcio's thread-pool server, each serving the Open Inference Protocol
+methods perf_analyzer needs (this project's own HTTP/2 carrier, ``serving/grpc_wire.py``, is
+gone: see issue #25),
 with a ModelInfer that returns a constant answer. perf_analyzer drives each in turn over gRPC;
 the server's CPU milliseconds per call come from /proc over the calls it answered.
 
@@ -69,25 +70,14 @@ if carrier == "grpcio-threads":
     server.start()
     server.wait_for_termination()
 async def main():
-    if carrier.startswith("grpcio-aio"):
-        import grpc
-        methods = {n: async_answer(n) for n in NAMES}
-        Servicer = type("S", (pbg.GRPCInferenceServiceServicer,), methods)
-        server = grpc.aio.server()
-        pbg.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
-    from cifar_deploy.serving.grpc_wire import GrpcServer
-    def method(name):
-        async def call(data):
-            if name == "ModelInfer":
-                return infer(pb.ModelInferRequest.FromString(data)).SerializeToString()
-            return ANSWERS[name].SerializeToString()
-        return call
-    methods = {f"/inference.GRPCInferenceService/{n}": method(n) for n in NAMES}
-    await GrpcServer(methods, 2**26).start("127.0.0.1", port)
-    await asyncio.Event().wait()
+    import grpc
+    methods = {n: async_answer(n) for n in NAMES}
+    Servicer = type("S", (pbg.GRPCInferenceServiceServicer,), methods)
+    server = grpc.aio.server()
+    pbg.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 if carrier.endswith("asyncio"):
     asyncio.run(main())
 else:
@@ -95,7 +85,7 @@ else:
     uvloop.run(main())
 """
 
-CARRIERS = ("grpcio-aio (uvloop)", "grpcio-aio-asyncio", "grpcio-threads", "grpc_wire (uvloop)")
+CARRIERS = ("grpcio-aio (uvloop)", "grpcio-aio-asyncio", "grpcio-threads")
 
 
 def measure(args, carrier: str, work: Path) -> dict:

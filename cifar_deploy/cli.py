@@ -722,6 +722,13 @@ def serve_cmd(
             help="Seconds a request may take to send its body (then 408).", min=0.1, callback=finite
         ),
     ] = ServerLimits.body_timeout_s,
+    max_queue: Annotated[
+        int,
+        Opt(help="Requests waiting per model; beyond it 503 (gRPC: UNAVAILABLE) at once.", min=1),
+    ] = ServerLimits.max_queue,
+    grpc_max_connections: Annotated[
+        int, Opt(help="Open gRPC connections at once (clients multiplex calls on a few).", min=1)
+    ] = ServerLimits.grpc_max_connections,
     workers: Annotated[
         int,
         Opt(
@@ -742,8 +749,10 @@ def serve_cmd(
     /v2/repository/index, /v2/models/NAME (and NAME/versions/1), each with /ready, /config and
     /infer; /v1/classify (PNG/JPEG upload; ?model=NAME when several are served) and /metrics.
     Ctrl-C or SIGTERM lets in-flight requests finish. Connections that send nothing are closed
-    after --header-timeout-s, bodies must arrive within --body-timeout-s, and at most
-    --max-connections are open at once (see README, "Limits").
+    after --header-timeout-s, bodies must arrive within --body-timeout-s, at most
+    --max-connections HTTP and --grpc-max-connections gRPC connections are open at once (both
+    within the open-file limit), and each model queues at most --max-queue requests (see
+    README, "Limits").
 
     --workers N runs N server processes on the same ports, each with its own event loop and
     batchers: the kernel spreads connections over them and a connection stays with one. It pays
@@ -751,7 +760,7 @@ def serve_cmd(
     /metrics sums every worker's values.
     """
     from .serving.launch import ServeOptions, serve_here
-    from .serving.limits import raise_open_file_limit
+    from .serving.limits import fit_to_open_files
     from .serving.runtimes import default_threads
 
     if host not in LOOPBACK_HOSTS:
@@ -759,13 +768,18 @@ def serve_cmd(
             f"--host {host} listens beyond this machine: anyone who can reach it can use the "
             "model (there is no authentication); put a proxy with TLS and auth in front"
         )
-    files = raise_open_file_limit(max_connections + 256)  # sockets, model files, logs
-    if files < max_connections + 64:
-        console.warn(
-            f"this process may open only {files} files; --max-connections lowered from "
-            f"{max_connections} to {files - 64}"
-        )
-        max_connections = files - 64
+    limits, lowered = fit_to_open_files(
+        ServerLimits(
+            header_timeout_s,
+            body_timeout_s,
+            max_connections,
+            max_queue=max_queue,
+            grpc_max_connections=grpc_max_connections,
+        ),
+        grpc=grpc_port is not None,
+    )
+    if lowered:
+        console.warn(lowered)
     options = ServeOptions(
         artifact,
         name,
@@ -777,7 +791,7 @@ def serve_cmd(
         threads if threads is not None or workers == 1 else max(1, default_threads() // workers),
         device.value,
         int(max_payload_mb * 2**20),
-        ServerLimits(header_timeout_s, body_timeout_s, max_connections),
+        limits,
         _tf.is_verbose(),
     )
     if workers == 1:

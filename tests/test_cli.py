@@ -41,7 +41,7 @@ def test_help_paragraphs_wrap_to_the_terminal_width(columns):
     lines = [line for line in prose if line]
     # no ragged half-lines: every line of a paragraph but its last fills most of the width
     paragraph = next(i for i, line in enumerate(lines) if line.startswith("ARTIFACT is"))
-    end = next(i for i, line in enumerate(lines) if "(see README" in line)
+    end = next(i for i, line in enumerate(lines) if '"Limits")' in line)
     assert end > paragraph
     assert all(len(line) > (columns - 2) * 0.6 for line in lines[paragraph:end])
 

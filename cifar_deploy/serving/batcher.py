@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import RequestError
+
 # The in-flight peak is kept over windows of this length (the current one and the one before).
 PEAK_WINDOW_S = 1.0
 # Event-loop turns a passed deadline waits for requests already on their way in (see
@@ -56,6 +58,16 @@ ARRIVAL_TURNS = 2
 class _Pending:
     images: np.ndarray
     future: asyncio.Future
+    taken: bool = False  # in a batch: no longer waiting in the queue
+
+
+class QueueFull(RequestError):
+    """The model's queue holds its maximum of requests: answered at once (503, UNAVAILABLE)."""
+
+    def __init__(self, depth: int):
+        super().__init__(
+            f"the model's queue is full ({depth} requests waiting, its limit); retry shortly", 503
+        )
 
 
 class DynamicBatcher:
@@ -66,6 +78,7 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
         more_possible: Callable[[int], bool] | None = None,
+        max_queue: int | None = None,
     ):
         if max_batch_size < 1 or max_queue_delay_ms < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue_delay_ms >= 0")
@@ -77,6 +90,8 @@ class DynamicBatcher:
         # (The server answers no when every open connection's request is in the batch.)
         self._more_possible = more_possible
         self._queue: collections.deque[_Pending] = collections.deque()
+        self.max_queue = max_queue  # requests waiting at most (None: no limit)
+        self._waiting = 0  # requests in the queue whose callers still wait (not cancelled)
         self._wake: asyncio.Event | None = None  # set when a request arrives (or a timer fires)
         self._running = 0  # requests taken from the queue whose answers are not yet set
         self._task: asyncio.Task | None = None
@@ -90,7 +105,8 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a batch (withdrawn ones not counted)."""
+        return self._waiting
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -112,15 +128,26 @@ class DynamicBatcher:
         """Queue ``images`` (N rows) and wait for their N rows of probabilities."""
         if self._wake is None:
             raise RuntimeError("batcher not started")
+        if self.max_queue is not None and self._waiting >= self.max_queue:
+            raise QueueFull(self._waiting)
         loop = asyncio.get_running_loop()
         self._submitted += 1
         self._in_flight += 1
         self._note_in_flight(loop.time())
         future = loop.create_future()
-        self._queue.append(_Pending(images, future))
+        pending = _Pending(images, future)
+        self._queue.append(pending)
+        self._waiting += 1
         self._wake.set()
         try:
             return await future
+        except asyncio.CancelledError:
+            # The caller is gone (a reset stream, a deadline, a closed connection): a request
+            # still queued is withdrawn; its future is cancelled, so the batcher passes it over.
+            future.cancel()
+            if not pending.taken:
+                self._waiting -= 1
+            raise
         finally:
             self._in_flight -= 1
 
@@ -138,14 +165,24 @@ class DynamicBatcher:
         return max(self._peak, self._peak_before, 1)
 
     async def _next(self) -> _Pending:
-        while not self._queue:
+        while True:
+            self._drop_withdrawn()
+            if self._queue:
+                return self._take()
             self._wake.clear()
             await self._wake.wait()
-        return self._take()
+
+    def _drop_withdrawn(self) -> None:
+        """Pass over the requests at the head of the queue whose callers are gone."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
 
     def _take(self) -> _Pending:
         self._running += 1  # counted from here, so that stop() also waits for a forming batch
-        return self._queue.popleft()
+        self._waiting -= 1
+        pending = self._queue.popleft()
+        pending.taken = True
+        return pending
 
     async def _collect(self) -> list[_Pending]:
         first = await self._next()
@@ -153,6 +190,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay
         while rows < self.max_batch_size:
+            self._drop_withdrawn()
             if not self._queue:
                 if len(batch) >= self.expected_together():
                     break  # everyone lately sending is in (a lone request: at once)

@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import RequestError
 
@@ -34,6 +34,15 @@ class ServerLimits:
     max_connections: int = 1000  # open HTTP connections; the next one gets 503
     max_buffered_bytes: int = 64 * 2**20  # bytes of request bodies held at once, all requests
     keep_alive_s: float = 5.0  # idle seconds between requests on a kept-alive connection
+    # Requests waiting for their model's batcher (Triton's max_queue_size); beyond it HTTP
+    # answers 503 and gRPC UNAVAILABLE at once.
+    max_queue: int = 256
+    # gRPC (gRPC core enforces these; see grpc_server.server_options)
+    grpc_max_connections: int = 128  # open gRPC connections (clients multiplex on a few)
+    grpc_max_streams: int = 100  # streams open at once on one connection
+    grpc_max_calls: int = 512  # calls in progress on the whole server; more: RESOURCE_EXHAUSTED
+    grpc_idle_s: float = 30.0  # a connection with no call for this long is closed (GOAWAY)
+    grpc_max_age_s: float = 3600.0  # a connection is asked to go away after this long
 
 
 class BodyBudget:
@@ -278,3 +287,33 @@ def raise_open_file_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+RESERVED_FILES = 64  # files a server keeps open besides its connections: models, logs, pipes
+
+
+def fit_to_open_files(limits: ServerLimits, grpc: bool) -> tuple[ServerLimits, str | None]:
+    """The connection caps, HTTP and gRPC together, within what this process may open (its
+    soft limit on open files, raised towards what they need first), keeping
+    :data:`RESERVED_FILES` for everything else; shrunk in proportion when they do not fit,
+    with a line that says so (None: they fit)."""
+    grpc_share = limits.grpc_max_connections if grpc else 0
+    wanted = limits.max_connections + grpc_share
+    files = raise_open_file_limit(wanted + 4 * RESERVED_FILES)
+    room = files - RESERVED_FILES
+    if wanted <= room:
+        return limits, None
+    scale = max(room, 2) / wanted
+    http = max(1, int(limits.max_connections * scale))
+    fitted = replace(
+        limits,
+        max_connections=http,
+        grpc_max_connections=max(1, int(grpc_share * scale))
+        if grpc
+        else limits.grpc_max_connections,
+    )
+    caps = f"{http} HTTP" + (f" and {fitted.grpc_max_connections} gRPC" if grpc else "")
+    return fitted, (
+        f"this process may open only {files} files: at most {caps} connections at once "
+        f"(asked for {limits.max_connections}" + (f" and {grpc_share}" if grpc else "") + ")"
+    )

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request  # module level: route annotations resolve from here
 
 from ..errors import RequestError
@@ -387,6 +388,14 @@ class Repository:
         except RequestError as exc:
             return _error_response(exc.status, exc.message)
 
+    @staticmethod
+    async def predict(model: ServedModel, images: np.ndarray) -> np.ndarray:
+        """The one inference path of every protocol (REST, the HTTP lane, gRPC, the upload
+        route): ``images`` checked against the model's input, then its batcher's answer.
+        Raises :class:`RequestError` for a wrong shape (400) and a full queue (503)."""
+        check_image_shape(images, model.predictor.signature)
+        return await model.batcher.submit(images)
+
     async def infer(
         self, model_name: str, version: str | None, body: bytes, header_length: str | None
     ) -> tuple[int, Encoded]:
@@ -396,10 +405,9 @@ class Repository:
         try:
             model = self.model(model_name, version)
             req, images = parse_infer_request(body, header_length)
-            check_image_shape(images, model.predictor.signature)
+            probs = await self.predict(model, images)
         except RequestError as exc:
             return exc.status, _error(exc.message)
-        probs = await model.batcher.submit(images)
         return 200, encode_infer_response(req, model.name, probs)
 
     async def infer_asgi(self, model_name: str, version: str | None, scope, receive, send) -> None:
@@ -431,9 +439,9 @@ class Repository:
             signature = served.predictor.signature
             size = (signature.height, signature.width)
             image = await asyncio.to_thread(decode_image, upload, size)  # off the event loop
+            probs = (await self.predict(served, image[None]))[0]
         except RequestError as exc:
             return _error_response(exc.status, exc.message)
-        probs = (await served.batcher.submit(image[None]))[0]
         predictions = top_k(probs, top, served.predictor.class_names)
         return {"model_name": served.name, "predictions": predictions}
 
@@ -511,6 +519,7 @@ def create_app(
         predictors = {name or predictors.metadata.model_name: predictors}
     registry, m = _metrics()
     connections = OpenConnections()
+    limits = limits or ServerLimits()
 
     def more_possible(requests_in_batch: int) -> bool:
         """Another request can still come: a connection without its request in the batch,
@@ -527,11 +536,12 @@ def create_app(
                 max_queue_delay_ms,
                 on_batch=m["batch"].labels(n).observe,
                 more_possible=more_possible,
+                max_queue=limits.max_queue,
             ),
         )
         for n, p in predictors.items()
     }
-    body = BodyBudget(limits or ServerLimits(), max_payload_bytes)
+    body = BodyBudget(limits, max_payload_bytes)
     repository = Repository(models, (registry, m), body, skipped)
 
     @asynccontextmanager
@@ -548,7 +558,7 @@ def create_app(
                 grpc_host,
                 grpc_port,
                 max_payload_bytes,
-                body,
+                limits,
                 observe.count,
                 sock=grpc_socket,
             )
