@@ -13,6 +13,10 @@ from typing import BinaryIO
 import numpy as np
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # declared width x height beyond which an image is refused
+# Bytes one decode may hold: the decoded image in its own mode (4 bytes a pixel for RGBA,
+# 2 for 16-bit grey, ...) plus its RGB copy. A 4096 x 4096 RGB image (48 MiB) fits; the same
+# size in RGBA (64 + 48 MiB) does not, though its PNG may be a few hundred KB.
+MAX_DECODED_BYTES = 64 * 2**20
 
 
 class ImageRefused(ValueError):
@@ -49,7 +53,14 @@ def to_rgb(source: str | BinaryIO, size: tuple[int, int]) -> np.ndarray:
             if width < 1 or height < 1:
                 raise ImageRefused("the image decodes to nothing (zero width or height)")
             if img.format == "JPEG":
-                img.draft("RGB", (2 * size[1], 2 * size[0]))
+                img.draft("RGB", (2 * size[1], 2 * size[0]))  # decodes at a smaller scale
+            held = decoded_bytes(img)
+            if held > MAX_DECODED_BYTES:
+                raise ImageRefused(
+                    f"the image decodes to {held / 2**20:.0f} MiB ({img.size[0]} x "
+                    f"{img.size[1]} {img.mode}); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB",
+                    too_large=True,
+                )
             img.load()
             rgb = img.convert("RGB")
             if rgb.size != (size[1], size[0]):
@@ -61,3 +72,20 @@ def to_rgb(source: str | BinaryIO, size: tuple[int, int]) -> np.ndarray:
         raise ImageRefused(f"the image is too large to decode ({exc})", too_large=True) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageRefused(f"not a decodable PNG or JPEG image ({exc})") from None
+
+
+def decoded_bytes(img) -> int:
+    """What decoding ``img`` (an opened, not yet loaded PIL image) and its RGB copy hold."""
+    width, height = img.size
+    per_pixel = len(img.getbands()) * _bytes(img.mode)
+    rgb = 0 if img.mode == "RGB" else 3
+    return width * height * (per_pixel + rgb)
+
+
+def _bytes(mode: str) -> int:
+    """Bytes per band of a PIL mode."""
+    if mode.startswith(("I;16", "I;16B", "I;16L")):
+        return 2
+    if mode in ("I", "F"):
+        return 4
+    return 1

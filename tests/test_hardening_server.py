@@ -72,6 +72,43 @@ def test_an_idle_connection_between_requests_is_closed_too(server):
     assert reply.startswith(b"HTTP/1.1 200") and b'"live":true' in reply.replace(b" ", b"")
 
 
+def test_a_request_head_over_the_limit_gets_431_and_is_closed_before_it_grows(tiny_onnx):
+    """A header line sent in pieces, beyond the head limit and well within the head timeout:
+    the parser would keep it all (at a cost that grows with it); it is refused once the limit
+    is passed, without waiting for the rest."""
+    from cifar_deploy.serving import load_predictor
+    from cifar_deploy.serving.server import create_app
+
+    patient = ServerLimits(header_timeout_s=30, max_connections=8)
+    app = create_app(load_predictor(tiny_onnx), "cnn", limits=patient)
+    piece = b"a" * (patient.max_head_bytes * 3 // 4)
+    with serving(app, patient) as server, connect(server) as conn:
+        conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: " + piece)
+        time.sleep(0.2)  # two reads: the head is incomplete after each
+        conn.sendall(piece)
+        started = time.monotonic()
+        reply = read_all(conn)
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
+    assert b"request head exceeds 65,536 bytes" in reply
+    assert time.monotonic() - started < 5  # refused at once, not at the 30 s head timeout
+
+
+def test_a_large_head_within_the_limit_and_a_large_body_are_still_served(server):
+    """The head count stops when the head is complete: a body in the same reads is not
+    counted as head."""
+    headers = "".join(f"X-Pad-{k}: {'b' * 900}\r\n" for k in range(40))  # ~37 KB of head
+    answer = requests.get(
+        f"http://{server}/v2/health/live",
+        headers=dict(line.split(": ", 1) for line in headers.strip().split("\r\n")),
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [8, 32, 32, 3],
+                        "data": [7] * (8 * 3072)}]}  # fmt: skip
+    answer = requests.post(f"http://{server}/v2/models/cnn/infer", json=body, timeout=30)
+    assert answer.status_code == 200
+
+
 def test_connections_beyond_the_limit_get_a_json_503_and_are_closed(server):
     held = [connect(server) for _ in range(FAST.max_connections)]
     time.sleep(0.1)  # let the server accept them all
@@ -173,6 +210,32 @@ def test_refusing_an_image_bomb_keeps_memory_flat(tmp_path):
     status, grown_kb = out.stdout.split()
     assert status == "413", out.stderr
     assert int(grown_kb) < 20_000  # KB; the decode would take over 400,000
+
+
+def deep_png(side: int = 4096) -> bytes:
+    """A 16-bit RGBA PNG of ``side`` x ``side`` zero pixels: about 130 KB of file within the
+    pixel limit, 128 MiB once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)  # 16-bit RGBA
+    packer, row = zlib.compressobj(9), bytes(1 + side * 8)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_within_the_pixel_limit_but_deep_is_refused_by_its_decoded_bytes(server):
+    png = deep_png()
+    assert len(png) < 200_000
+    reply = requests.post(f"http://{server}/v1/classify", data=png, timeout=30)
+    assert reply.status_code == 413
+    assert "decodes to 112 MiB (4096 x 4096 RGBA); the limit is 64 MiB" in reply.json()["error"]
 
 
 def test_predict_reports_an_image_bomb_in_one_line_and_classifies_the_rest(tiny_onnx, tmp_path):

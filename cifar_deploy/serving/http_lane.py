@@ -129,7 +129,7 @@ def lane_protocol(base, lane: InferLane):
             if cycle is None:
                 super().on_headers_complete()
                 return
-            self._disarm_head_timer()
+            self._head_arrived()
             self.cycle = cycle
 
         def on_body(self, body: bytes) -> None:

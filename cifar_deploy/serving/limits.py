@@ -34,6 +34,7 @@ class ServerLimits:
     max_connections: int = 1000  # open HTTP connections; the next one gets 503
     max_buffered_bytes: int = 64 * 2**20  # bytes of request bodies held at once, all requests
     keep_alive_s: float = 5.0  # idle seconds between requests on a kept-alive connection
+    max_head_bytes: int = 64 * 2**10  # request line and headers; beyond it 431 and closed
     # Requests waiting for their model's batcher (Triton's max_queue_size); beyond it HTTP
     # answers 503 and gRPC UNAVAILABLE at once.
     max_queue: int = 256
@@ -194,6 +195,8 @@ def guarded_protocol(
 
     class GuardedProtocol(HttpToolsProtocol):
         _head_timer = None
+        _in_head = True  # a request head has started (or may start) and is not complete
+        _head_bytes = 0  # bytes received in reads that left the head incomplete
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -227,8 +230,32 @@ def guarded_protocol(
             self._disarm_head_timer()
             super().connection_lost(exc)
 
-        def on_headers_complete(self) -> None:
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._in_head or self.transport.is_closing():
+                return
+            # The parser keeps a partial head between reads, at a cost that grows with it:
+            # a head larger than the limit is refused before it grows further.
+            self._head_bytes += len(data)
+            if self._head_bytes > limits.max_head_bytes:
+                message = (
+                    f"the request head exceeds {limits.max_head_bytes:,} bytes "
+                    f"({self._head_bytes:,} received); send fewer or shorter headers"
+                )
+                self.transport.write(_json_head(431, "Request Header Fields Too Large", message))
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._head_bytes = True, 0
+
+        def _head_arrived(self) -> None:
+            """The request head is complete: its timer and its size count stop."""
             self._disarm_head_timer()
+            self._in_head, self._head_bytes = False, 0
+
+        def on_headers_complete(self) -> None:
+            self._head_arrived()
             super().on_headers_complete()
             self.cycle.transport = OneWriteResponses(self.cycle.transport)
 

@@ -44,6 +44,8 @@ from .protocol import (
 from .runtimes import Predictor
 
 log = logging.getLogger(__name__)
+# Uploaded images decoded at once (each may hold up to imaging.MAX_DECODED_BYTES).
+DECODES_AT_ONCE = 2
 
 MAX_PAYLOAD_BYTES = 8 * 2**20  # default request size limit: 8 MB
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)  # seconds
@@ -324,6 +326,7 @@ class Repository:
         self.registry, self.m = metrics
         self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
         self.grpc_calls = 0  # gRPC inference calls in progress
+        self.decoding = asyncio.Semaphore(DECODES_AT_ONCE)  # uploads being decoded
 
     def model(self, model_name: str, version: str | None = None) -> ServedModel:
         model = self.models.get(model_name)
@@ -438,7 +441,8 @@ class Repository:
             upload = await _upload_bytes(request, await self._body(request))
             signature = served.predictor.signature
             size = (signature.height, signature.width)
-            image = await asyncio.to_thread(decode_image, upload, size)  # off the event loop
+            async with self.decoding:  # at most DECODES_AT_ONCE images held decoded at once
+                image = await asyncio.to_thread(decode_image, upload, size)  # off the loop
             probs = (await self.predict(served, image[None]))[0]
         except RequestError as exc:
             return _error_response(exc.status, exc.message)
