@@ -729,6 +729,14 @@ def serve_cmd(
     grpc_max_connections: Annotated[
         int, Opt(help="Open gRPC connections at once (clients multiplex calls on a few).", min=1)
     ] = ServerLimits.grpc_max_connections,
+    fast_path: Annotated[
+        bool,
+        Opt(
+            "--fast-path/--no-fast-path",
+            help="Answer plain HTTP/1.1 inference requests from the protocol, without the ASGI "
+            "cycle (see README); off: every request takes the ASGI path.",
+        ),
+    ] = True,
     workers: Annotated[
         int,
         Opt(
@@ -793,6 +801,7 @@ def serve_cmd(
         int(max_payload_mb * 2**20),
         limits,
         _tf.is_verbose(),
+        fast_path,
     )
     if workers == 1:
         serve_here(options, _announce)

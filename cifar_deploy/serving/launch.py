@@ -30,6 +30,7 @@ class ServeOptions:
     max_payload_bytes: int = 8 * 2**20
     limits: ServerLimits = field(default_factory=ServerLimits)
     verbose: bool = False
+    fast_path: bool = True  # plain inference requests answered from the protocol (http_lane)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def serve_here(
             0, f"gRPC (inference.GRPCInferenceService) on {options.host}:{options.grpc_port}"
         )
     announce(Started(tuple(lines), tuple(skipped.items())))
-    config = uvicorn_config(app, options.host, options.port, options.limits, log_level="warning")
+    config = uvicorn_config(
+        app, options.host, options.port, options.limits, options.fast_path, log_level="warning"
+    )
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it stopped on,
         # after its graceful shutdown: the server ended as asked

@@ -277,19 +277,86 @@ def guarded_protocol(
     return lane_protocol(GuardedProtocol, lane)
 
 
-def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None, **kwargs):
-    """The uvicorn configuration every ``serve`` uses (and the tests): the guarded protocol,
-    the keep-alive timeout, and a 30 s graceful shutdown."""
+# What the guarded protocol and the HTTP lane use of uvicorn's httptools protocol, which is
+# private API: checked at start-up (see private_api_problem); pyproject pins the uvicorn
+# releases they are tested with.
+PROTOCOL_METHODS = (
+    "connection_made",
+    "connection_lost",
+    "data_received",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+    "send_400_response",
+)
+PROTOCOL_ATTRIBUTES = ("parser", "connections", "tasks", "loop", "cycle", "transport", "headers")
+_checked: dict[str, str | None] = {}
+
+
+def private_api_problem() -> str | None:
+    """What is missing from the uvicorn internals the guarded protocol and the HTTP lane rely
+    on (None: all there), checked once per process on a protocol instance."""
+    if "result" not in _checked:
+        _checked["result"] = _find_private_api_problem()
+    return _checked["result"]
+
+
+def _find_private_api_problem() -> str | None:
+    try:
+        import uvicorn
+        from uvicorn.protocols.http import httptools_impl
+        from uvicorn.server import ServerState
+    except ImportError as exc:
+        return f"cannot import uvicorn's httptools protocol ({exc})"
+    protocol = getattr(httptools_impl, "HttpToolsProtocol", None)
+    if protocol is None or not hasattr(httptools_impl, "STATUS_LINE"):
+        return "uvicorn.protocols.http.httptools_impl lacks HttpToolsProtocol or STATUS_LINE"
+    missing = [m for m in PROTOCOL_METHODS if not callable(getattr(protocol, m, None))]
+    if missing:
+        return f"HttpToolsProtocol lacks {', '.join(missing)}"
+
+    async def app(scope, receive, send):  # pragma: no cover - never called
+        pass
+
+    try:
+        config = uvicorn.Config(app, http="httptools", log_level="error")
+        config.load()
+
+        async def build():
+            return protocol(config=config, server_state=ServerState(), app_state={})
+
+        instance = asyncio.run(build()) if not _loop_running() else None
+    except Exception as exc:
+        return f"cannot build HttpToolsProtocol ({type(exc).__name__}: {exc})"
+    if instance is not None:
+        missing = [a for a in PROTOCOL_ATTRIBUTES if not hasattr(instance, a)]
+        if missing:
+            return f"HttpToolsProtocol instances lack {', '.join(missing)}"
+    return None
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def uvicorn_config(
+    app, host: str, port: int, limits: ServerLimits | None = None, fast_path=True, **kwargs
+):
+    """The uvicorn configuration every ``serve`` uses (and the tests): the guarded protocol
+    (with the HTTP lane unless ``fast_path`` is off), the keep-alive timeout, and a 30 s
+    graceful shutdown. When the installed uvicorn lacks the internals they rely on, one log
+    line says so and the server runs on uvicorn's public options instead: h11 with its head
+    size limit, ``limit_concurrency`` for the connection cap, and no HTTP lane."""
     import uvicorn
 
     limits = limits or ServerLimits()
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=guarded_protocol(
-            limits, getattr(app, "open_connections", None), getattr(app, "lane", None)
-        ),
+    common = dict(
         timeout_keep_alive=limits.keep_alive_s,
         timeout_graceful_shutdown=30,
         # Less work per request: nothing reads the client address or an access log, and the
@@ -297,6 +364,31 @@ def uvicorn_config(app, host: str, port: int, limits: ServerLimits | None = None
         proxy_headers=False,
         access_log=False,
         server_header=False,
+    )
+    problem = private_api_problem()
+    if problem is not None:
+        log.warning(
+            "uvicorn %s: %s; serving on its public options (no HTTP lane, no head timeout)",
+            uvicorn.__version__,
+            problem,
+        )
+        return uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http="h11",
+            h11_max_incomplete_event_size=limits.max_head_bytes,
+            limit_concurrency=limits.max_connections,
+            **common,
+            **kwargs,
+        )
+    lane = getattr(app, "lane", None) if fast_path else None
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(limits, getattr(app, "open_connections", None), lane),
+        **common,
         **kwargs,
     )
 
