@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from cifar_deploy.checks.bench import BenchConfig, benchmark  # noqa: E402
 from cifar_deploy.export import ExportOptions, export_model  # noqa: E402
 from cifar_deploy.render import bench_markdown  # noqa: E402
-from cifar_deploy.serving.bench import BenchConfig, benchmark  # noqa: E402
 from cifar_deploy.training import get_model_spec  # noqa: E402
 from cifar_deploy.training.flops import model_flops  # noqa: E402
 

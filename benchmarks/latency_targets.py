@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cifar_deploy import _tf  # noqa: E402
+from cifar_deploy.checks.bench import input_pool, time_runs  # noqa: E402
 from cifar_deploy.export.metadata import read_sidecar  # noqa: E402
-from cifar_deploy.serving import load_predictor  # noqa: E402
-from cifar_deploy.serving.bench import input_pool, time_runs  # noqa: E402
+from cifar_deploy.runtime import load_predictor  # noqa: E402
 from cifar_deploy.training.flops import model_flops  # noqa: E402
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cifar_deploy.checks.consumers import MediaPipeConsumer  # noqa: E402
+from cifar_deploy.checks.inspection import inspect_tflite  # noqa: E402
 from cifar_deploy.data import load_cifar10  # noqa: E402
 from cifar_deploy.export.metadata import read_sidecar  # noqa: E402
-from cifar_deploy.serving import load_predictor  # noqa: E402
-from cifar_deploy.serving.consumers import MediaPipeConsumer  # noqa: E402
-from cifar_deploy.serving.inspection import inspect_tflite  # noqa: E402
+from cifar_deploy.runtime import load_predictor  # noqa: E402
 
 
 def cpu_name() -> str:

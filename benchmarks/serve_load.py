@@ -36,10 +36,10 @@ import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from cifar_deploy.checks.bench import input_pool, time_runs  # noqa: E402
 from cifar_deploy.export.metadata import read_sidecar  # noqa: E402
-from cifar_deploy.serving import load_predictor  # noqa: E402
-from cifar_deploy.serving.artifacts import resolve_reference  # noqa: E402
-from cifar_deploy.serving.bench import input_pool, time_runs  # noqa: E402
+from cifar_deploy.runtime import load_predictor  # noqa: E402
+from cifar_deploy.runtime.artifacts import resolve_reference  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from serve_peers import cpu_name, run_perf_analyzer  # noqa: E402

@@ -540,9 +540,9 @@ def verify_cmd(
     their sidecars declare. For artifacts without sidecars, declare them here (--preprocess,
     --mean, --std, --add-softmax); a declaration that contradicts the sidecars is refused.
     """
+    from .checks.verify import verify
     from .render import parity_markdown, parity_table
-    from .serving.artifacts import default_artifacts
-    from .serving.verify import verify
+    from .runtime.artifacts import default_artifacts
 
     paths = artifacts or default_artifacts(exports_dir)
     overrides = {
@@ -620,9 +620,9 @@ def bench_cmd(
     A Keras model runs with the preprocessing and softmax its artifacts' sidecars declare, or
     the ones given here (--preprocess, --mean, --std, --add-softmax) when no sidecar says.
     """
+    from .checks.bench import BenchConfig, benchmark
     from .render import bench_csv, bench_table
-    from .serving.artifacts import default_artifacts
-    from .serving.bench import BenchConfig, benchmark
+    from .runtime.artifacts import default_artifacts
 
     config = BenchConfig(
         batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
@@ -666,7 +666,7 @@ def inspect_cmd(
 ):
     """What to check before shipping a .tflite: tensors, operators, embedded metadata, which
     consumers can load it, memory, XNNPACK delegation and native latency."""
-    from .serving.inspection import inspect_tflite
+    from .checks.inspection import inspect_tflite
 
     if threads < 1:
         raise InvalidOptionError(f"--threads must be at least 1, received {threads}")
@@ -767,9 +767,9 @@ def serve_cmd(
     under many concurrent connections; a lone request runs on one worker's share of the cores.
     /metrics sums every worker's values.
     """
+    from .runtime.predictors import default_threads
     from .serving.launch import ServeOptions, serve_here
     from .serving.limits import fit_to_open_files
-    from .serving.runtimes import default_threads
 
     if host not in LOOPBACK_HOSTS:
         console.warn(
@@ -831,8 +831,8 @@ def predict_cmd(
     json_out: JsonFlag = False,
 ):
     """Classify image files with any artifact; a bad file gets one line, the others still run."""
-    from .serving import load_predictor
-    from .serving.predict import classify_files
+    from .checks.predict import classify_files
+    from .runtime import load_predictor
 
     if not 1 <= top_k <= 10:
         raise InvalidOptionError(f"--top-k must be 1..10, received {top_k}")

@@ -317,8 +317,8 @@ def _export(cfg: PipelineConfig) -> str:
 
 
 def _verify(cfg: PipelineConfig) -> str:
+    from .checks.verify import verify
     from .console import pass_reporter
-    from .serving.verify import verify
 
     samples = cfg.verify_samples
     if samples is None and cfg.plan is not None:
@@ -341,7 +341,7 @@ def _verify(cfg: PipelineConfig) -> str:
 
 
 def _bench(cfg: PipelineConfig) -> str:
-    from .serving.bench import BenchConfig, benchmark
+    from .checks.bench import BenchConfig, benchmark
 
     config = BenchConfig(
         batch_sizes=cfg.bench_batch_sizes, warmup=2, min_time=cfg.bench_min_time, min_runs=5

@@ -198,8 +198,8 @@ td:first-child{{text-align:left}}</style>
 
 
 def write_report(run_dir: Path) -> dict[str, Path]:
+    from .checks.bench import BenchRow
     from .plots import plot_accuracy_png, plot_bench, plot_history
-    from .serving.bench import BenchRow
 
     run_dir = Path(run_dir)
     report = build_report(run_dir)

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cifar_deploy import _tf
+from cifar_deploy.checks.bench import BenchConfig, BenchRow, benchmark, input_pool, time_runs
 from cifar_deploy.cli import app
-from cifar_deploy.serving.bench import BenchConfig, BenchRow, benchmark, input_pool, time_runs
 
 runner = CliRunner()
 FAST = BenchConfig(batch_sizes=(1, 4), warmup=1, min_time=0.02, min_runs=3)

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import requests
 
-from cifar_deploy.serving import limits, load_predictor
+from cifar_deploy.runtime import load_predictor
+from cifar_deploy.serving import limits
 from cifar_deploy.serving.batcher import DynamicBatcher, QueueFull
 from cifar_deploy.serving.grpc_server import SERVICE
 from cifar_deploy.serving.limits import ServerLimits, fit_to_open_files
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.serving.server import build_server_app
 from tests.helpers import serving
 from tests.test_grpc_attacks import infer_message
 
@@ -87,7 +88,7 @@ def blocked(tiny_onnx):
     seen, gate = [], threading.Event()
     predictor.predict = gated_predict(seen, gate)
     served_limits = ServerLimits(max_queue=1)
-    app = create_app(predictor, "cnn", max_batch_size=1, grpc_port=0, limits=served_limits)
+    app = build_server_app(predictor, "cnn", max_batch_size=1, grpc_port=0, limits=served_limits)
     with serving(app, served_limits) as http:
         yield app, http, seen, gate
         gate.set()

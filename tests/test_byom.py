@@ -142,7 +142,7 @@ def test_add_softmax_ends_every_graph_in_a_softmax_and_verify_compares_like_for_
     )
     assert all(a.status == "ok" for a in artifacts), [a.error for a in artifacts]
     assert all(a.metadata.added_softmax for a in artifacts)
-    from cifar_deploy.serving.runtimes import load_predictor
+    from cifar_deploy.runtime.predictors import load_predictor
 
     images = CALIBRATION[:8]
     logits = np.asarray(_keras().saving.load_model(logits_model)(images.astype(np.float32)))
@@ -218,7 +218,7 @@ def test_with_the_declaration_every_artifact_takes_raw_pixels(normalized_model, 
     assert all(a.status == "ok" for a in artifacts), [a.error for a in artifacts]
     sidecar = artifacts[0].metadata
     assert sidecar.declared_preprocess == declared and "raw RGB pixels" in sidecar.preprocessing
-    from cifar_deploy.serving.runtimes import load_predictor
+    from cifar_deploy.runtime.predictors import load_predictor
 
     images = load_dataset(data, download=False).x_test[:16]
     keras_model = _keras().saving.load_model(model)
@@ -380,13 +380,13 @@ def test_the_server_follows_the_model(big_model):
     import requests
     from PIL import Image
 
-    from cifar_deploy.serving.runtimes import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime.predictors import load_predictor
+    from cifar_deploy.serving.server import build_server_app
     from tests.helpers import serving
 
     name = "big100_int8"
     predictor = load_predictor(big_model["out"] / "big100_int8.tflite")
-    with serving(create_app(predictor, name, max_queue_delay_ms=0)) as address:
+    with serving(build_server_app(predictor, name, max_queue_delay_ms=0)) as address:
         base = f"http://{address}"
         meta = requests.get(f"{base}/v2/models/{name}", timeout=30).json()
         assert meta["inputs"][0]["shape"] == [-1, 64, 64, 3]
@@ -568,7 +568,7 @@ def test_keras2_files_written_by_tf_keras_export(tf_keras_files, tmp_path, name)
     out = tmp_path / "out"
     result = invoke("export", "--model", tf_keras_files / name, "--format", "onnx", "--out", out)
     assert result.exit_code == 0, result.output
-    from cifar_deploy.serving.runtimes import load_predictor
+    from cifar_deploy.runtime.predictors import load_predictor
 
     x = np.load(tf_keras_files / "x.npy")
     got = load_predictor(next(out.glob("*_float32.onnx"))).predict(x)

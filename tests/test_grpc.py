@@ -9,8 +9,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.runtime import load_predictor
+from cifar_deploy.serving.server import build_server_app
 from tests.helpers import serving
 
 
@@ -21,7 +21,7 @@ def predictor(tiny_onnx):
 
 @pytest.fixture(scope="module")
 def app(predictor):
-    app = create_app(predictor, "cnn", max_queue_delay_ms=5, grpc_port=0)
+    app = build_server_app(predictor, "cnn", max_queue_delay_ms=5, grpc_port=0)
     with serving(app):
         yield app
 

@@ -17,10 +17,10 @@ import psutil
 import pytest
 import requests
 
-from cifar_deploy.serving import load_predictor
+from cifar_deploy.runtime import load_predictor
 from cifar_deploy.serving.grpc_server import SERVICE, server_options
 from cifar_deploy.serving.limits import ServerLimits
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.serving.server import build_server_app
 from tests import h2raw
 from tests.helpers import serving
 
@@ -81,7 +81,7 @@ def served(tiny_onnx):
         return predict(images)
 
     predictor.predict = counted
-    app = create_app(predictor, "cnn", grpc_port=0, limits=LIMITS)
+    app = build_server_app(predictor, "cnn", grpc_port=0, limits=LIMITS)
     with serving(app, LIMITS) as http:
         yield Served(app, http, rows)
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cifar_deploy.errors import DataFormatError, InvalidModelError
 from cifar_deploy.export.metadata import read_sidecar, sha256_of, sidecar_path
-from cifar_deploy.serving import load_predictor
+from cifar_deploy.runtime import load_predictor
 from tests.helpers import REPO
 
 
@@ -269,7 +269,7 @@ def test_non_utf8_tensor_names_are_one_line_in_predict_and_inspect(tiny_exports,
 def test_the_sidecar_schema_names_exactly_the_format_tables_formats_and_quantizations():
     from cifar_deploy.export import export_formats
     from cifar_deploy.export.metadata import QUANTIZATIONS, SIDECAR_FORMATS
-    from cifar_deploy.serving import PREDICTORS
+    from cifar_deploy.runtime import PREDICTORS
 
     formats = export_formats()
     assert set(SIDECAR_FORMATS) == {f.name for f in formats}

@@ -98,7 +98,7 @@ def test_too_few_training_images_for_a_validation_split_is_one_line(cifar_dir, t
 
 
 def test_bench_exits_1_when_every_cell_failed(monkeypatch, tiny_onnx):
-    from cifar_deploy.serving import bench
+    from cifar_deploy.checks import bench
 
     real = bench.benchmark
 

@@ -172,10 +172,10 @@ def test_the_kept_binary_headers_are_bounded():
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
-    app = create_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)
+    app = build_server_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)
     with serving(app) as address:
         yield address
 

@@ -25,10 +25,10 @@ FAST = ServerLimits(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=8)
 
 @pytest.fixture(scope="module")
 def app(tiny_onnx):
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
-    return create_app(
+    return build_server_app(
         load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1, max_payload_bytes=2**20, limits=FAST
     )
 
@@ -76,11 +76,11 @@ def test_a_request_head_over_the_limit_gets_431_and_is_closed_before_it_grows(ti
     """A header line sent in pieces, beyond the head limit and well within the head timeout:
     the parser would keep it all (at a cost that grows with it); it is refused once the limit
     is passed, without waiting for the rest."""
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
     patient = ServerLimits(header_timeout_s=30, max_connections=8)
-    app = create_app(load_predictor(tiny_onnx), "cnn", limits=patient)
+    app = build_server_app(load_predictor(tiny_onnx), "cnn", limits=patient)
     piece = b"a" * (patient.max_head_bytes * 3 // 4)
     with serving(app, patient) as server, connect(server) as conn:
         conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: " + piece)
@@ -143,11 +143,11 @@ def test_a_body_that_stops_arriving_gets_408(server):
 
 
 def test_bytes_held_by_stalled_uploads_are_capped_across_requests(tiny_onnx):
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
     limits = ServerLimits(body_timeout_s=5, max_buffered_bytes=300_000)
-    app = create_app(load_predictor(tiny_onnx), "cnn", max_payload_bytes=2**20, limits=limits)
+    app = build_server_app(load_predictor(tiny_onnx), "cnn", max_payload_bytes=2**20, limits=limits)
     head = b"POST /v2/models/cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
     budget = app.state.repository.body
     with serving(app, limits) as address:
@@ -239,8 +239,8 @@ def test_an_image_within_the_pixel_limit_but_deep_is_refused_by_its_decoded_byte
 
 
 def test_predict_reports_an_image_bomb_in_one_line_and_classifies_the_rest(tiny_onnx, tmp_path):
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.predict import classify_files
+    from cifar_deploy.checks.predict import classify_files
+    from cifar_deploy.runtime import load_predictor
 
     bomb, fine = tmp_path / "bomb.jpg", tmp_path / "fine.png"
     bomb.write_bytes(bomb_jpeg())

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.runtime import load_predictor
+from cifar_deploy.serving.server import build_server_app
 from tests.helpers import serving, serving_server
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
@@ -108,7 +108,7 @@ class CountingLane:
 
 @pytest.fixture(scope="module")
 def app(tiny_onnx):
-    return create_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)
+    return build_server_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def test_a_stopping_server_answers_the_lane_request_it_holds_then_closes(tiny_on
         return predict(images, batch_size)
 
     predictor.predict = held_predict
-    app = create_app(predictor, "cnn", max_queue_delay_ms=1)
+    app = build_server_app(predictor, "cnn", max_queue_delay_ms=1)
     try:
         with serving_server(app) as (address, server), connect(address) as conn:
             conn.sendall(b"".join(binary_request()))

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cifar_deploy.checks.consumers import MediaPipeConsumer
+from cifar_deploy.checks.verify import verify
 from cifar_deploy.cli import app
 from cifar_deploy.contract import CLASS_NAMES
 from cifar_deploy.data import load_cifar10
 from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.export import tflite as tflite_format
 from cifar_deploy.export.tflite_metadata import read_metadata
-from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.consumers import MediaPipeConsumer
-from cifar_deploy.serving.verify import verify
+from cifar_deploy.runtime import load_predictor
 from tests.helpers import CALIBRATION
 
 runner = CliRunner()

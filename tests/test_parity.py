@@ -1,4 +1,4 @@
-"""Specification of accuracy-parity verification (cifar_deploy.serving.parity, `verify`)."""
+"""Specification of accuracy-parity verification (cifar_deploy.checks.verify, `verify`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cifar_deploy import _tf
-from cifar_deploy.cli import app, legacy_args
-from cifar_deploy.errors import InvalidModelError, InvalidOptionError
-from cifar_deploy.export import ExportOptions, export_model
-from cifar_deploy.serving.verify import (
+from cifar_deploy.checks.verify import (
     TOLERANCES,
     Tolerance,
     compare,
@@ -23,6 +20,9 @@ from cifar_deploy.serving.verify import (
     tolerance_for,
     verify,
 )
+from cifar_deploy.cli import app, legacy_args
+from cifar_deploy.errors import InvalidModelError, InvalidOptionError
+from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.training import create_model
 from tests.helpers import TINY_CNN, copy_artifacts, save_tiny_model
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cifar_deploy import pipeline, reference
+from cifar_deploy.checks.verify import verify
 from cifar_deploy.data import load_cifar10
 from cifar_deploy.pipeline import PipelineConfig, plan_budget, run_pipeline
-from cifar_deploy.serving.verify import verify
 from cifar_deploy.training import resolve_time_budget
 from cifar_deploy.training.trainer import TrainConfig, train
 from tests.helpers import TINY_CNN, TINY_SEED, save_tiny_model

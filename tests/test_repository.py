@@ -10,7 +10,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from cifar_deploy.serving.server import create_app, load_repository
+from cifar_deploy.serving.server import build_server_app, load_repository
 from tests.helpers import copy_artifacts, serving
 
 
@@ -31,7 +31,7 @@ def served(repository):
 @pytest.fixture(scope="module")
 def server(served):
     predictors, skipped = served
-    with serving(create_app(predictors, max_queue_delay_ms=5, skipped=skipped)) as address:
+    with serving(build_server_app(predictors, max_queue_delay_ms=5, skipped=skipped)) as address:
         yield address
 
 

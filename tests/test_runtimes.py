@@ -11,7 +11,7 @@ import pytest
 from cifar_deploy import _tf
 from cifar_deploy.errors import DeviceUnavailableError, InvalidModelError, InvalidOptionError
 from cifar_deploy.export import ExportOptions, export_formats, export_model
-from cifar_deploy.serving import PREDICTORS, check_images, load_predictor
+from cifar_deploy.runtime import PREDICTORS, check_images, load_predictor
 from tests.helpers import CALIBRATION, TOLERANCE
 
 TARGETS = [(f.name, q) for f in export_formats() for q in f.quantizations]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import requests
 
-from cifar_deploy.serving import load_predictor
+from cifar_deploy.runtime import load_predictor
 from cifar_deploy.serving.batcher import DynamicBatcher
 from cifar_deploy.serving.limits import OneWriteResponses
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.serving.server import build_server_app
 from tests.helpers import serving
 
 
@@ -81,7 +81,9 @@ def test_other_transport_calls_pass_through():
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
-    with serving(create_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)) as address:
+    with serving(
+        build_server_app(load_predictor(tiny_onnx), "cnn", max_queue_delay_ms=1)
+    ) as address:
         yield address
 
 
@@ -126,7 +128,7 @@ def test_responses_name_no_server_software(server):
 
 
 def test_an_unexpected_error_in_a_framework_route_is_a_json_500(tiny_onnx, caplog):
-    app = create_app(load_predictor(tiny_onnx), "cnn")
+    app = build_server_app(load_predictor(tiny_onnx), "cnn")
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -233,7 +235,7 @@ def test_the_batch_goes_at_once_when_no_further_request_can_come():
 def test_the_server_counts_its_open_connections(tiny_onnx):
     import socket
 
-    app = create_app(load_predictor(tiny_onnx), "cnn")
+    app = build_server_app(load_predictor(tiny_onnx), "cnn")
     with serving(app) as address:
         host, port = address.split(":")
         sockets = [socket.create_connection((host, int(port))) for _ in range(3)]

@@ -19,7 +19,7 @@ import requests
 import tritonclient.grpc as grpcclient
 
 from cifar_deploy.errors import InvalidOptionError
-from cifar_deploy.serving import load_predictor
+from cifar_deploy.runtime import load_predictor
 from cifar_deploy.serving.workers import reuseport_sockets
 
 

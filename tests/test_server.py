@@ -18,8 +18,8 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.server import create_app
+from cifar_deploy.runtime import load_predictor
+from cifar_deploy.serving.server import build_server_app
 from tests.helpers import serving
 
 LIMIT = 1 * 2**20  # a 1 MB payload limit, so the over-limit test stays small
@@ -37,7 +37,7 @@ def predictor(artifact):
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    app = create_app(
+    app = build_server_app(
         predictor, "cnn", max_batch_size=64, max_queue_delay_ms=5, max_payload_bytes=LIMIT
     )
     with serving(app) as address:
@@ -261,7 +261,7 @@ def test_concurrent_clients_get_their_own_rows_and_batches_merge(predictor):
         wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=bool(i % 2))]
         return local.client.infer("cnn", [tensor], outputs=wanted).as_numpy("probabilities")
 
-    with serving(create_app(slow, "cnn", max_queue_delay_ms=5)) as server:
+    with serving(build_server_app(slow, "cnn", max_queue_delay_ms=5)) as server:
         with ThreadPoolExecutor(32) as pool:
             results = list(pool.map(send, range(200)))
         text = requests.get(f"http://{server}/metrics", timeout=10).text

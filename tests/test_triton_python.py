@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cifar_deploy.export import ExportOptions, export_model
-from cifar_deploy.serving import load_predictor
+from cifar_deploy.runtime import load_predictor
 from tests.helpers import CALIBRATION
 
 PEERS = Path(os.environ.get("CIFAR_DEPLOY_PEERS", "/tmp/peers-env"))

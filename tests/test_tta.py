@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from cifar_deploy import _tf
+from cifar_deploy.checks.verify import verify
 from cifar_deploy.errors import InvalidOptionError
 from cifar_deploy.export import ExportOptions, export_model, read_sidecar
-from cifar_deploy.serving import load_predictor
-from cifar_deploy.serving.verify import verify
+from cifar_deploy.runtime import load_predictor
 from cifar_deploy.tta import mirrored, with_tta
 from tests.helpers import CALIBRATION
 

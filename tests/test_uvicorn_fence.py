@@ -37,11 +37,11 @@ def test_a_uvicorn_without_the_internals_serves_on_public_options(
 ):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
     monkeypatch.delattr(HttpToolsProtocol, "on_response_complete")
-    app = create_app(load_predictor(tiny_onnx), "cnn")
+    app = build_server_app(load_predictor(tiny_onnx), "cnn")
     fence = ServerLimits(max_connections=5)
     with caplog.at_level(logging.WARNING, logger="cifar_deploy.serving.limits"):
         config = uvicorn_config(app, "127.0.0.1", 0, fence)
@@ -55,10 +55,10 @@ def test_a_uvicorn_without_the_internals_serves_on_public_options(
 
 
 def test_no_fast_path_keeps_the_guards_and_drops_the_lane(tiny_onnx):
-    from cifar_deploy.serving import load_predictor
-    from cifar_deploy.serving.server import create_app
+    from cifar_deploy.runtime import load_predictor
+    from cifar_deploy.serving.server import build_server_app
 
-    app = create_app(load_predictor(tiny_onnx), "cnn")
+    app = build_server_app(load_predictor(tiny_onnx), "cnn")
     with_lane = uvicorn_config(app, "127.0.0.1", 0).http
     without = uvicorn_config(app, "127.0.0.1", 0, fast_path=False).http
     assert with_lane.__name__ == "LaneProtocol" and without.__name__ == "GuardedProtocol"

@@ -1,14 +1,12 @@
-"""Serving and checks, one module per verb.
+"""``cifar-deploy serve``: the inference server and nothing else.
 
-- :mod:`.artifacts`: finding artifacts and reading their metadata (every verb below uses it);
-- :mod:`.runtimes`: one predictor per artifact kind;
-- :mod:`.verify`: ``cifar-deploy verify``, accuracy parity against the Keras model;
-- :mod:`.bench`: ``cifar-deploy bench``, latency and throughput;
-- :mod:`.predict`: ``cifar-deploy predict``, classifying image files;
-- :mod:`.server` (+ :mod:`.protocol`, :mod:`.batcher`, :mod:`.images`): ``cifar-deploy serve``.
+- :mod:`.server`: the application (REST routes, metrics, the served models and their one
+  inference path) and :mod:`.protocol`, the Open Inference Protocol's requests and answers;
+- :mod:`.batcher`: dynamic batching per model, with a bounded queue;
+- :mod:`.http_lane` and :mod:`.limits`: the HTTP/1.1 protocol's guards and fast lane;
+- :mod:`.grpc_server`: the gRPC service on grpc.aio;
+- :mod:`.images`: uploaded images to the model's input;
+- :mod:`.launch` and :mod:`.workers`: starting one server process, or several on one port.
+
+The artifacts it serves are loaded by :mod:`cifar_deploy.runtime`.
 """
-
-from .artifacts import load_metadata
-from .runtimes import PREDICTORS, Predictor, check_images, load_predictor
-
-__all__ = ["PREDICTORS", "Predictor", "check_images", "load_metadata", "load_predictor"]

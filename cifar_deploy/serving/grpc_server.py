@@ -101,10 +101,10 @@ class Failed(Exception):
 
 
 def service_handler(repository, count: Callable | None = None) -> grpc.GenericRpcHandler:
-    """The service's methods for ``repository`` (the REST server's :class:`Repository`) as
+    """The service's methods for ``repository`` (the REST server's :class:`ModelRepository`) as
     one grpc.aio handler; a bad request ends with the REST message and the matching status
     code. ``count(endpoint, model, status, seconds)`` (the REST server's
-    :meth:`~.server.Observe.count`) is told of every call: the method's path, the model the
+    :meth:`~.server.ServerApp.count`) is told of every call: the method's path, the model the
     request names, the gRPC status code's name (the ``status`` label) and the seconds it took."""
     from google.protobuf import json_format
 

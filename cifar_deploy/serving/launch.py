@@ -45,8 +45,8 @@ class Started:
 def load_models(options: ServeOptions):
     """({name: predictor}, {name: why skipped}) for ``options.artifact``: a directory serves
     every artifact in it (a bad one is skipped), a file serves itself."""
-    from .artifacts import is_repository
-    from .runtimes import load_predictor
+    from ..runtime.artifacts import is_repository
+    from ..runtime.predictors import load_predictor
     from .server import load_repository
 
     if is_repository(options.artifact):
@@ -75,10 +75,10 @@ def serve_here(
     import uvicorn
 
     from .limits import uvicorn_config
-    from .server import create_app
+    from .server import build_server_app
 
     predictors, skipped = load_models(options)
-    app = create_app(
+    app = build_server_app(
         predictors,
         None,
         options.max_batch_size,

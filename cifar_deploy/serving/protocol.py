@@ -18,7 +18,7 @@ import numpy as np
 
 from ..contract import CHANNELS, INPUT_NAME, MAX_SIDE, OUTPUT_NAME, Signature
 from ..errors import RequestError
-from .runtimes import Predictor
+from ..runtime.predictors import Predictor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 V2_DTYPES = {

@@ -27,6 +27,7 @@ import numpy as np
 from fastapi import FastAPI, Request  # module level: route annotations resolve from here
 
 from ..errors import RequestError
+from ..runtime.predictors import Predictor
 from .batcher import DynamicBatcher
 from .images import decode_image, top_k
 from .limits import BodyBudget, OpenConnections, ServerLimits, quiet_loop_errors
@@ -41,7 +42,6 @@ from .protocol import (
     model_metadata,
     parse_infer_request,
 )
-from .runtimes import Predictor
 
 log = logging.getLogger(__name__)
 # Uploaded images decoded at once (each may hold up to imaging.MAX_DECODED_BYTES).
@@ -119,7 +119,7 @@ class RouteLabels:
         paths = list(paths)
         self.fixed = frozenset(p for p in paths if "{" not in p)
         tails = {p[len(MODEL_ROUTE) :] for p in paths if p.startswith(MODEL_ROUTE)}
-        # The model routes' own tails, and /infer, which Observe hands over before routing.
+        # The model routes' own tails, and /infer, which ServerApp hands over before routing.
         self.suffixes = frozenset(t for t in tails if not t.startswith("/versions")) | {"/infer"}
 
     def __call__(self, path: str) -> tuple[str, str]:
@@ -163,7 +163,7 @@ async def _send(send, status: int, encoded: Encoded) -> None:
     await send({"type": "http.response.body", "body": encoded.body})
 
 
-class Observe:
+class ServerApp:
     """The application uvicorn runs, outside the framework (whose middleware stack costs
     several layers per request, each wrapping ``send``): the payload limit from
     Content-Length, inference requests handed to the repository's raw handler (the hot path,
@@ -173,7 +173,7 @@ class Observe:
     (see :func:`~.limits.uvicorn_config`)."""
 
     def __init__(
-        self, app, metrics: dict, repository: Repository, open_connections: OpenConnections
+        self, app, metrics: dict, repository: ModelRepository, open_connections: OpenConnections
     ):
         self.app, self.m, self.repository = app, metrics, repository
         self.open_connections = open_connections
@@ -249,10 +249,10 @@ class Observe:
 
 class ServerLane:
     """The server's side of the HTTP inference lane (see :mod:`.http_lane`): which paths are
-    inference, their answers from :meth:`Repository.infer`, and the lane's own errors, with the
-    same messages, logging and metrics as the ASGI path through :class:`Observe`."""
+    inference, their answers from :meth:`ModelRepository.infer`, and the lane's own errors, with the
+    same messages, logging and metrics as the ASGI path through :class:`ServerApp`."""
 
-    def __init__(self, observe: Observe):
+    def __init__(self, observe: ServerApp):
         self.observe, self.repository = observe, observe.repository
         self.budget = self.repository.body
 
@@ -316,7 +316,7 @@ class ServedModel:
     version: str = MODEL_VERSION
 
 
-class Repository:
+class ModelRepository:
     """The handlers for every served model: health, the repository index, per-model metadata,
     configuration, readiness and inference, classification and metrics. Artifacts that could
     not be loaded are listed in the index as unavailable, with the reason."""
@@ -458,7 +458,7 @@ class Repository:
         return Response(generate_latest(scraped(self.registry)), media_type=CONTENT_TYPE_LATEST)
 
     def routes(self) -> list[tuple[str, object, str]]:
-        """(path, handler, method) for every endpoint but inference, which ``Observe`` hands
+        """(path, handler, method) for every endpoint but inference, which ``ServerApp`` hands
         to ``infer_asgi`` before the framework sees it."""
         per_model = [
             ("", self.metadata),
@@ -492,7 +492,7 @@ def _add_error_handlers(app) -> None:
             422, f"invalid request: {exc.errors()[0].get('msg', 'validation error')}"
         )
 
-    async def internal(request, exc):  # the framework re-raises it; Observe logs it
+    async def internal(request, exc):  # the framework re-raises it; ServerApp logs it
         return _error_response(500, f"internal error: {type(exc).__name__}")
 
     app.add_exception_handler(Exception, internal)
@@ -501,7 +501,7 @@ def _add_error_handlers(app) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
 
 
-def create_app(
+def build_server_app(
     predictors: Predictor | Mapping[str, Predictor],
     name: str | None = None,
     max_batch_size: int = 64,
@@ -546,7 +546,7 @@ def create_app(
         for n, p in predictors.items()
     }
     body = BodyBudget(limits, max_payload_bytes)
-    repository = Repository(models, (registry, m), body, skipped)
+    repository = ModelRepository(models, (registry, m), body, skipped)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -578,7 +578,7 @@ def create_app(
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
     _add_error_handlers(app)
-    observe = Observe(app, m, repository, connections)
+    observe = ServerApp(app, m, repository, connections)
     observe.lane = ServerLane(observe)  # for the protocol (see :func:`~.limits.uvicorn_config`)
     return observe
 
@@ -591,8 +591,8 @@ def load_repository(
     :func:`~.runtimes.load_predictor`), before it counts as served; one that fails is reported
     and skipped, and the others serve."""
     from ..errors import one_line
-    from .artifacts import load_metadata, repository_artifacts, served_name
-    from .runtimes import load_predictor
+    from ..runtime.artifacts import load_metadata, repository_artifacts, served_name
+    from ..runtime.predictors import load_predictor
 
     served: dict[str, Predictor] = {}
     skipped: dict[str, str] = {}

@@ -19,16 +19,16 @@ import numpy as np
 from .. import reference as reference_cache
 from ..data import fit_dataset, load_dataset, stratified_indices
 from ..errors import InvalidOptionError, one_line
-from ..tta import check_tta, with_tta
-from .artifacts import (
+from ..runtime.artifacts import (
     collect_artifacts,
     declare,
     load_metadata,
     reference_metadata,
     resolve_reference,
 )
+from ..runtime.predictors import load_predictor
+from ..tta import check_tta, with_tta
 from .consumers import get_consumer
-from .runtimes import load_predictor
 
 ECE_BINS = 15
 

@@ -25,14 +25,14 @@ from .. import _tf
 from ..contract import Signature, library_versions
 from ..errors import CifarDeployError, InvalidOptionError, one_line
 from ..export.metadata import Metadata
-from .artifacts import (
+from ..runtime.artifacts import (
     collect_artifacts,
     declare,
     load_metadata,
     reference_metadata,
     resolve_reference,
 )
-from .runtimes import DEVICES, PREDICTORS, load_predictor
+from ..runtime.predictors import DEVICES, PREDICTORS, load_predictor
 
 POOL = 4  # distinct input batches cycled through the timed runs
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RequestError
-from .images import decode_image, top_k
-from .runtimes import Predictor
+from ..runtime.predictors import Predictor
+from ..serving.images import decode_image, top_k
 
 
 def classify_files(predictor: Predictor, files: Sequence[Path], k: int = 3) -> list[dict]:

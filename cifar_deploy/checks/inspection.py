@@ -244,8 +244,8 @@ def _inspect(path: Path, threads: int, latency: bool) -> Inspection:
 
 
 def _latencies(path: Path, threads: int) -> dict[str, float | None]:
-    from .artifacts import load_metadata
-    from .runtimes import load_predictor
+    from ..runtime.artifacts import load_metadata
+    from ..runtime.predictors import load_predictor
 
     predictor = load_predictor(
         path, threads=threads, metadata=load_metadata(path, check_hash=False)
