@@ -37,8 +37,12 @@ import numpy as np, uvicorn
 import cifar_deploy
 assert cifar_deploy.__file__.startswith(root), cifar_deploy.__file__
 from cifar_deploy.serving.limits import uvicorn_config
-from cifar_deploy.runtime.predictors import load_predictor
-from cifar_deploy.serving.server import build_server_app
+try:
+    from cifar_deploy.runtime.predictors import load_predictor
+    from cifar_deploy.serving.server import build_server_app
+except ImportError:  # a checkout from before the serving package's split (issue #25)
+    from cifar_deploy.serving.runtimes import load_predictor
+    from cifar_deploy.serving.server import create_app as build_server_app
 predictor = load_predictor(artifact, threads=1)
 predictor.predict = lambda x, batch_size=256: np.zeros((len(x), 10), np.float32)
 app = build_server_app(predictor, name="cnn", grpc_port=grpc_port)
