@@ -168,6 +168,14 @@ MeanOpt = Annotated[
 StdOpt = Annotated[
     Optional[str], typer.Option(help="Per-channel std R,G,B divided by after --preprocess.")
 ]
+LabelsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Class names, one per line in output order (default: the data set's).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
 AddSoftmax = Annotated[bool, typer.Option(help="The model outputs logits: end it in a softmax.")]
 
 
@@ -422,14 +430,7 @@ def export_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     add_softmax: AddSoftmax = False,
-    labels: Annotated[
-        Optional[Path],
-        Opt(
-            help="Class names, one per line in output order (default: the data set's).",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
+    labels: LabelsOpt = None,
     force: Annotated[bool, Opt(help="Overwrite existing artifacts.")] = False,
     runs_dir: RunsDir = Path("runs"),
     json_out: JsonFlag = False,
@@ -896,10 +897,7 @@ def pipeline_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     add_softmax: AddSoftmax = False,
-    labels: Annotated[
-        Optional[Path],
-        Opt(help="Your model: class names, one per line.", exists=True, dir_okay=False),
-    ] = None,
+    labels: LabelsOpt = None,
     force: Annotated[bool, Opt(help="Redo every stage, even up-to-date ones.")] = False,
     json_out: JsonFlag = False,
 ):
