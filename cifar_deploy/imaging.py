@@ -84,7 +84,7 @@ def decoded_bytes(img) -> int:
 
 def _bytes(mode: str) -> int:
     """Bytes per band of a PIL mode."""
-    if mode.startswith(("I;16", "I;16B", "I;16L")):
+    if mode.startswith("I;16"):  # I;16, I;16B, I;16L
         return 2
     if mode in ("I", "F"):
         return 4

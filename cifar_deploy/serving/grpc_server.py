@@ -17,6 +17,7 @@ HTTP/2 itself (framing, flow control, HPACK, the limits a hostile client meets) 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -206,7 +207,11 @@ def service_handler(repository, count: Callable | None = None) -> grpc.GenericRp
                 await context.abort(exc.code, exc.message)
             except BaseException as exc:
                 # CancelledError: the client reset the stream or its deadline passed
-                code = StatusCode.CANCELLED if _cancelled(exc) else StatusCode.INTERNAL
+                code = (
+                    StatusCode.CANCELLED
+                    if isinstance(exc, asyncio.CancelledError)
+                    else StatusCode.INTERNAL
+                )
                 raise
             finally:
                 if count is not None:
@@ -227,12 +232,6 @@ def service_handler(repository, count: Callable | None = None) -> grpc.GenericRp
     }
     methods = {name: method(f"/{SERVICE}/{name}", *pair) for name, pair in table.items()}
     return grpc.method_handlers_generic_handler(SERVICE, methods)
-
-
-def _cancelled(exc: BaseException) -> bool:
-    import asyncio
-
-    return isinstance(exc, asyncio.CancelledError)
 
 
 async def start_grpc(
