@@ -202,10 +202,11 @@ def _refused(connection: h2raw.Connection) -> set[int]:
     return {stream for kind, _, stream, _ in connection.frames if kind == h2raw.RST_STREAM}
 
 
-def test_idle_connections_beyond_the_cap_are_refused_then_closed(served):
+def test_idle_connections_beyond_the_cap_are_refused_then_closed(served, caplog):
     """Twice the gRPC cap of connections that send nothing, only the preface, or the preface
-    and SETTINGS: HTTP is not starved (its cap is its own), and once the handshake and idle
-    timeouts have passed, gRPC serves again."""
+    and SETTINGS: HTTP is not starved (its cap is its own), the log says the cap is biting
+    (gRPC core refuses without a word), and once the handshake and idle timeouts have passed,
+    gRPC serves again."""
     import socket
 
     rss = served.rss()
@@ -220,6 +221,8 @@ def test_idle_connections_beyond_the_cap_are_refused_then_closed(served):
     assert served.health_seconds() < 1.0
     time.sleep(max(LIMITS.header_timeout_s, LIMITS.grpc_idle_s) + 1.5)
     assert all(c.closed.is_set() or c.goaway() for c in preface)
+    at_cap = [r.getMessage() for r in caplog.records if "--grpc-max-connections" in r.getMessage()]
+    assert at_cap and f"{LIMITS.grpc_max_connections} connections are open" in at_cap[0]
     served.assert_unharmed(rss)
     for connection in [*silent, *preface]:
         connection.close()

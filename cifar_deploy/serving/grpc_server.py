@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from ..errors import RequestError
-from .limits import ServerLimits
+from .limits import RateLimitedLog, ServerLimits, log
 from .protocol import INPUT_NAME, OUTPUT_NAME, check_outputs, parse_tensor
 
 SERVICE = "inference.GRPCInferenceService"
@@ -234,6 +234,32 @@ def service_handler(repository, count: Callable | None = None) -> grpc.GenericRp
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+def open_connections(port: int) -> int:
+    """This process's established TCP connections on local ``port`` (psutil, from /proc)."""
+    import psutil
+
+    return sum(
+        1
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+async def watch_connection_cap(port: int, cap: int, every_s: float = 1.0, interval_s=60.0):
+    """gRPC core refuses connections beyond ``grpc.max_allowed_incoming_connections`` without
+    a word: this task counts the port's open connections every ``every_s`` seconds and, while
+    they are at the cap, logs one line per ``interval_s`` saying so. Runs until cancelled."""
+    lines = RateLimitedLog(log, interval_s)
+    while True:
+        await asyncio.sleep(every_s)
+        count = await asyncio.to_thread(open_connections, port)
+        if count >= cap:
+            lines.warning(
+                f"gRPC: {count} connections are open on port {port}, the limit "
+                f"(--grpc-max-connections {cap}): new ones are refused"
+            )
+
+
 async def start_grpc(
     repository,
     host: str,
@@ -264,4 +290,5 @@ async def start_grpc(
     if sock is not None:
         sock.close()
     server.bound_port = bound
+    server.cap_watch = asyncio.create_task(watch_connection_cap(bound, limits.grpc_max_connections))
     return server

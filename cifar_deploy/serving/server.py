@@ -569,6 +569,7 @@ def build_server_app(
             app.state.grpc_port = grpc_server.bound_port
         yield
         if grpc_server is not None:
+            grpc_server.cap_watch.cancel()
             await grpc_server.stop(grace=30)
         for model in models.values():  # in-flight requests finish before shutdown completes
             await model.batcher.stop()
