@@ -292,8 +292,6 @@ def test_connections_at_the_cap_are_logged_since_grpc_core_refuses_silently():
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    log.addHandler(handler)
-
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -305,12 +303,15 @@ def test_connections_at_the_cap_are_logged_since_grpc_core_refuses_silently():
         except asyncio.TimeoutError:
             pass
 
-    asyncio.run(watch(cap=4))
-    assert not records  # below the cap: nothing to say
-    asyncio.run(watch(cap=3))
-    log.removeHandler(handler)
+    log.addHandler(handler)
+    try:
+        asyncio.run(watch(cap=4))
+        assert not records  # below the cap: nothing to say
+        asyncio.run(watch(cap=3))
+    finally:
+        log.removeHandler(handler)
+        for sock in [*clients, *accepted, listener]:
+            sock.close()
     lines = [r.getMessage() for r in records]
     assert len(lines) == 1 and "3 connections are open" in lines[0]
     assert "--grpc-max-connections 3" in lines[0]
-    for sock in [*clients, *accepted, listener]:
-        sock.close()

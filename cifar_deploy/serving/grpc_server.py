@@ -245,7 +245,7 @@ def open_connections(port: int) -> int:
     )
 
 
-async def watch_connection_cap(port: int, cap: int, every_s: float = 0.25, interval_s=60.0):
+async def watch_connection_cap(port: int, cap: int, every_s: float = 1.0, interval_s=60.0):
     """gRPC core refuses connections beyond ``grpc.max_allowed_incoming_connections`` without
     a word: this task counts the port's open connections every ``every_s`` seconds and, while
     they are at the cap, logs one line per ``interval_s`` saying so. Runs until cancelled."""
