@@ -38,19 +38,37 @@ def print_json(data) -> None:
     sys.stdout.flush()
 
 
-def emit(json_flag: bool, json_file: Path | None, data, render: Callable[[], Table]) -> None:
-    """A command's result: JSON on stdout for ``--json``, else the table ``render`` makes; and
-    the JSON written to ``--json-out FILE`` as well when one is given."""
+COMPACT_WIDTH = 80  # what a compact table fits, on a terminal or in a pipe
+
+
+def emit(
+    json_flag: bool,
+    json_file: Path | None,
+    data,
+    render: Callable[[], Table],
+    compact: bool = False,
+) -> None:
+    """A command's result: JSON on stdout for ``--json``, else the table ``render`` makes (a
+    ``compact`` one within 80 columns, folding what does not fit); and the JSON written to
+    ``--json-out FILE`` as well when one is given."""
     if json_file is not None:
         Path(json_file).write_text(json.dumps(data, indent=2, default=str) + "\n")
     if json_flag:
         print_json(data)
     else:
-        out.print(render())
+        if compact:
+            out.print(render(), width=min(out.width, COMPACT_WIDTH), soft_wrap=False)
+        else:
+            out.print(render())
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
-    t = Table(title=title, title_justify="left")
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    caption: str | None = None,
+) -> Table:
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
@@ -245,6 +263,8 @@ def inspection_tables(result) -> list[Table]:
         (f"batch-1 p50, {name}", "-" if ms is None else f"{ms:.3f} ms ({result.threads} threads)")
         for name, ms in result.latency_ms.items()
     ]
+    if result.latency_ms:
+        facts.append(("measured on", result.cpu))
     return [
         table(f"Inspect {result.path}", ["", "value"], facts),
         table("Tensors", ["", "name", "shape", "dtype", "quantization"], tensors),

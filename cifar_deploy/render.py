@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from .console import table
+from .cpu import cpu_info
 
 PARITY_COLUMNS = [
     "artifact",
@@ -56,13 +57,38 @@ def parity_cells(row) -> list[str]:
     ]
 
 
-def parity_table(rows: Sequence) -> Table:
+# The default in a pipe or an 80-column terminal: one line per artifact; --wide shows all.
+PARITY_COMPACT = ["artifact", "accuracy", "diff (pts)", "agreement", "max abs diff", "status"]
+COMPACT_HEADERS = {"diff (pts)": "diff", "agreement": "agree", "max abs diff": "max diff"}
+_COLOURS = {"pass": "green", "fail": "red", "error": "red", "reference": "cyan", "ok": "green"}
+
+
+def _pick(columns: Sequence[str], cells: Sequence[str], keep: Sequence[str]) -> list[str]:
+    return [cells[columns.index(c)] for c in keep]
+
+
+def _reasons_caption(items: Sequence[tuple[str, str]]) -> str | None:
+    """Why rows failed, one line each under a compact table (its status cell says only
+    pass/fail/error)."""
+    return "\n".join(f"{name}: {why}" for name, why in items if why) or None
+
+
+def parity_table(rows: Sequence, wide: bool = False) -> Table:
     samples = rows[0].samples if rows else 0
-    colours = {"pass": "green", "fail": "red", "error": "red", "reference": "cyan"}
-    t = table(f"Parity on {samples:,} test images", PARITY_COLUMNS, [])
+    cpu = cpu_info()
+    title = (
+        f"Parity on {samples:,} test images, {cpu.model}, {cpu.cores} cores\n"
+        f"int8: {cpu.int8}; bf16: {cpu.bf16}"
+    )
+    columns = PARITY_COLUMNS if wide else [COMPACT_HEADERS.get(c, c) for c in PARITY_COMPACT]
+    caption = None if wide else _reasons_caption([(r.name, "; ".join(r.reasons)) for r in rows])
+    t = table(title, columns, [], caption=caption)
     for row in rows:
         cells = parity_cells(row)
-        cells[-1] = f"[{colours.get(row.status, 'white')}]{cells[-1]}[/]"
+        if not wide:
+            cells = _pick(PARITY_COLUMNS, cells, PARITY_COMPACT)
+            cells[-1] = row.status
+        cells[-1] = f"[{_COLOURS.get(row.status, 'white')}]{cells[-1]}[/]"
         t.add_row(*cells)
     return t
 
@@ -78,7 +104,7 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def parity_markdown(rows: Sequence) -> str:
     samples = rows[0].samples if rows else 0
-    return f"Parity on {samples:,} test images\n\n" + markdown_table(
+    return f"Parity on {samples:,} test images; {cpu_info().label()}\n\n" + markdown_table(
         PARITY_COLUMNS, [parity_cells(r) for r in rows]
     )
 
@@ -121,9 +147,23 @@ def bench_cells(r) -> list[str]:
     ]
 
 
-def bench_table(rows: Sequence, machine: dict) -> Table:
-    title = f"Latency on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores)"
-    return table(title, BENCH_COLUMNS, [bench_cells(r) for r in rows])
+BENCH_COMPACT = ["artifact", "runtime", "batch", "p50 ms", "p99 ms", "img/s", "status"]
+
+
+def bench_table(rows: Sequence, machine: dict, wide: bool = False) -> Table:
+    title = (
+        f"Latency on {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores\n"
+        f"int8: {machine.get('cpu_int8', '?')}; bf16: {machine.get('cpu_bf16', '?')}"
+    )
+    if wide:
+        return table(title, BENCH_COLUMNS, [bench_cells(r) for r in rows])
+    caption = _reasons_caption([(f"{r.artifact} ({r.runtime})", r.reason) for r in rows])
+    compact = []
+    for r in rows:
+        cells = _pick(BENCH_COLUMNS, bench_cells(r), BENCH_COMPACT)
+        cells[1], cells[-1] = r.runtime, r.status
+        compact.append(cells)
+    return table(title, BENCH_COMPACT, compact, caption=caption)
 
 
 def bench_markdown(rows: Sequence) -> str:

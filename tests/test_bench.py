@@ -67,6 +67,7 @@ def test_records_are_internally_consistent(rows):
 def test_machine_info_is_recorded(rows):
     _, machine = rows
     assert machine["cores"] >= 1 and machine["cpu"]
+    assert machine["cpu_int8"] and machine["cpu_bf16"]  # where the int8 figures hold
     assert {"tensorflow", "numpy"} <= set(machine["versions"])
     assert machine["config"]["batch_sizes"] == [1, 4]
 

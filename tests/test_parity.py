@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from cifar_deploy.checks.verify import (
     tolerance_for,
     verify,
 )
-from cifar_deploy.cli import app, legacy_args
+from cifar_deploy.cli import app
 from cifar_deploy.errors import InvalidModelError, InvalidOptionError
 from cifar_deploy.export import ExportOptions, export_model
 from cifar_deploy.training import create_model
@@ -168,29 +166,30 @@ def test_cli_verify_json_out_writes_the_rows_beside_the_table(workspace, cifar_d
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in json.loads(out.read_text())] == ["reference"] + ["pass"] * 3
     assert "Parity on 60 test images" in result.stdout
+    assert "int8:" in result.stdout and "bf16:" in result.stdout  # int8 results depend on the CPU
 
 
-def test_the_old_json_file_spelling_is_rewritten_with_a_note():
-    args, notes = legacy_args(["verify", "exports/cnn", "--json", "out.json"])
-    assert args == ["verify", "exports/cnn", "--json-out", "out.json"]
-    assert notes == ["--json FILE is deprecated: use --json-out out.json"]
-    assert legacy_args(["-v", "bench", "--json", "-"])[0] == ["-v", "bench", "--json"]
-    assert legacy_args(["bench", "--json=b.json"])[0] == ["bench", "--json-out", "b.json"]
-    # an artifact after the flag stays an artifact; other commands are left alone
-    assert legacy_args(["verify", "--json", "a.onnx"]) == (["verify", "--json", "a.onnx"], [])
-    assert legacy_args(["export", "--json", "x.json"]) == (["export", "--json", "x.json"], [])
+def test_verify_table_fits_80_columns_one_line_per_artifact_and_wide_shows_every_column(
+    workspace, cifar_dir
+):
+    result = invoke("verify", workspace["exports"], "--data-dir", cifar_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80, [x for x in lines if len(x) > 80]
+    names = [p.name for p in workspace["exports"].iterdir() if not p.name.endswith(".json")]
+    for name in names:
+        assert sum(name in line for line in lines) == 1, (name, result.stdout)
+    wide = invoke("verify", workspace["exports"], "--data-dir", cifar_dir, "--wide")
+    assert wide.exit_code == 0 and "flip TTA" in wide.stdout and "worst class" in wide.stdout
 
 
-def test_the_console_script_still_takes_json_file(workspace, cifar_dir, tmp_path):
+def test_the_pre_0_2_json_file_spelling_is_gone(workspace, cifar_dir, tmp_path):
+    """``--json`` is a flag; a file after it is one more artifact, refused as missing."""
     out = tmp_path / "old.json"
-    code = "import sys; from cifar_deploy.cli import main; sys.argv[0] = 'cifar-deploy'; main()"
-    args = ["verify", str(workspace["exports"]), "--data-dir", str(cifar_dir), "--json", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert "--json FILE is deprecated: use --json-out" in done.stderr
-    assert len(json.loads(out.read_text())) == 4
+    result = invoke("verify", workspace["exports"], "--data-dir", cifar_dir, "--json", out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and "old.json" in result.stderr
+    assert not out.exists()
 
 
 def test_cli_verify_exit_1_on_a_damaged_artifact(workspace, cifar_dir):

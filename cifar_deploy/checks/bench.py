@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import _tf
 from ..contract import Signature, library_versions
+from ..cpu import cpu_info
 from ..errors import CifarDeployError, InvalidOptionError, one_line
 from ..export.metadata import Metadata
 from ..runtime.artifacts import (
@@ -328,19 +329,14 @@ def add_speedups(rows: list[BenchRow]) -> None:
 
 def machine_info(config: BenchConfig) -> dict:
     tf = _tf.tf()
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_info()
     return {
         "machine": platform.machine(),
         "system": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cpu": cpu.model,
+        "cores": cpu.cores,
+        "cpu_int8": cpu.int8,
+        "cpu_bf16": cpu.bf16,
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "threads": [t or os.cpu_count() for t in config.threads],
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",

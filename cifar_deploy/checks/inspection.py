@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _tf
 from ..contract import MOBILE_INPUT_DTYPES
+from ..cpu import cpu_info
 from ..errors import CifarDeployError, InvalidModelError, one_line
 from ..export.tflite_metadata import read_metadata
 
@@ -54,6 +55,7 @@ class Inspection:
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # runtime -> batch-1 p50
     threads: int = 1
     gpu_delegate: str = "not checked (no GPU on this machine)"
+    cpu: str = field(default_factory=lambda: cpu_info().label())  # where the latencies hold
 
     def to_dict(self) -> dict:
         return asdict(self)
