@@ -17,15 +17,18 @@ TINY = {
     "cnn": {"blocks": ((8, 1), (16, 1), (16, 1)), "head_units": 16},
     "mobilenetv2": {"weights": "none", "input_size": 32, "alpha": 0.35},
     "wrn-28-10": {"depth": 10, "width": 1},
+    "airbench": {"widths": (8, 8, 8)},
 }
 
 
-def test_registry_lists_the_three_seed_models():
-    assert list_models() == ["cnn", "mobilenetv2", "wrn-28-10"]
+def test_registry_lists_the_seed_models_and_the_fast_quick_model():
+    assert list_models() == ["airbench", "cnn", "mobilenetv2", "wrn-28-10"]
 
 
 def test_unknown_model_names_the_valid_ones_and_the_closest():
-    with pytest.raises(UnknownNameError, match="unknown model 'cnnn'; expected one of: cnn") as e:
+    with pytest.raises(
+        UnknownNameError, match="unknown model 'cnnn'; expected one of: airbench, cnn"
+    ) as e:
         get_model_spec("cnnn")
     assert e.value.hint == "did you mean 'cnn'?"
 
@@ -41,6 +44,7 @@ def test_wide_resnet_names_resolve_by_pattern_and_validate_depth():
     "name, low, high",
     [
         ("cnn", 1.5e6, 2.5e6),
+        ("airbench", 1.9e6, 2.1e6),
         pytest.param("wrn-28-10", 36.3e6, 36.7e6, marks=pytest.mark.slow),  # builds 36.5M weights
     ],
 )
@@ -167,3 +171,41 @@ def count_moving_statistics(model) -> int:
     keras = _tf.keras()
     layers = model.get_layer(BACKBONE_NAME).layers
     return 2 * sum(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
+
+
+def test_whitening_filters_decorrelate_patches_to_unit_variance():
+    """2x2 patches of correlated images come out of the whitening kernel with an identity
+    covariance (up to the eigenvalue epsilon), each filter once with each sign."""
+    from cifar_deploy.training.airbench import WHITEN_EPSILON, whitening_filters
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(128, 40, size=(400, 16, 16, 1))
+    images = np.clip(base + rng.normal(0, 20, size=(400, 16, 16, 3)), 0, 255)
+    kernel = whitening_filters(images)
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+    x = (images - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
+    patches = np.stack(
+        [x[:, i : 15 + i, j : 15 + j, :] for i in range(2) for j in range(2)], axis=3
+    ).reshape(-1, 12)
+    out = (patches - patches.mean(0)) @ kernel[..., :12].reshape(12, 12)
+    covariance = np.cov(out.T)
+    eigenvalues = np.linalg.eigvalsh(np.cov(patches.T))
+    np.testing.assert_allclose(
+        np.sort(np.diag(covariance)),
+        np.sort(eigenvalues / (eigenvalues + WHITEN_EPSILON)),
+        rtol=0.02,
+    )
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.02
+
+
+def test_airbench_whitening_is_frozen_and_set_from_the_training_images():
+    spec = get_model_spec("airbench")
+    model = spec.build(**TINY["airbench"])
+    whiten = model.get_layer("airbench_whiten")
+    assert not whiten.trainable and spec.fit_to_data is not None
+    images = np.random.default_rng(1).integers(0, 256, size=(64, 32, 32, 3)).astype(np.uint8)
+    spec.fit_to_data(model, images)
+    from cifar_deploy.training.airbench import whitening_filters
+
+    np.testing.assert_allclose(whiten.get_weights()[0], whitening_filters(images), rtol=1e-5)

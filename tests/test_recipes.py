@@ -61,7 +61,8 @@ def test_a_short_run_shrinks_the_warmup_to_a_quarter_of_its_epochs():
 def test_quick_preset_exists_only_for_the_cnn():
     assert resolve_recipe("cnn", quick=True).epochs < 30
     with pytest.raises(
-        InvalidOptionError, match="--quick is a preset for cnn; received model 'wrn-28-10'"
+        InvalidOptionError,
+        match="--quick is a preset for airbench, cnn; received model 'wrn-28-10'",
     ):
         resolve_recipe("wrn-28-10", quick=True)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cifar_deploy import _tf
-from cifar_deploy.data import load_cifar10
+from cifar_deploy.data import load_cifar10, train_val_split
 from cifar_deploy.errors import InvalidOptionError, TrainingInterrupted
 from cifar_deploy.training import create_model, resolve_recipe
 from cifar_deploy.training.trainer import TrainConfig, train
@@ -207,3 +207,30 @@ def test_weight_decay_for_a_builder_without_one_is_refused(tmp_path, cifar_dir):
     config = TrainConfig(model="mobilenetv2", recipe=recipe, data_dir=cifar_dir, weights="none")
     with pytest.raises(InvalidOptionError, match="mobilenetv2 takes no weight decay"):
         train(config)
+
+
+def test_airbench_trains_with_whitening_fitted_to_its_own_training_split(tmp_path, cifar_dir):
+    """The frozen whitening layer is set from the training split before the first step and
+    stays as set; run.json names the architecture and the recipe, as the report quotes them."""
+    from cifar_deploy.training.airbench import whitening_filters
+
+    recipe = resolve_recipe("airbench", epochs=1, warmup_epochs=0, batch_size=32)
+    config = TrainConfig(
+        model="airbench",
+        recipe=recipe,
+        data_dir=cifar_dir,
+        runs_dir=tmp_path / "runs",
+        model_kwargs={"widths": (8, 8, 8)},
+        verbose=0,
+    )
+    train(config)
+    run = tmp_path / "runs" / "airbench"
+    best = _tf.keras().models.load_model(run / "best.keras")
+    data = load_cifar10(cifar_dir)
+    (x_tr, _), _ = train_val_split(data.x_train, data.y_train, recipe.val_split, config.seed)
+    np.testing.assert_allclose(
+        best.get_layer("airbench_whiten").get_weights()[0], whitening_filters(x_tr), rtol=1e-4
+    )
+    info = json.loads((run / "run.json").read_text())
+    assert info["architecture"].startswith("airbench94-style net")
+    assert "label smoothing 0.2" in info["recipe_summary"]

@@ -29,6 +29,8 @@ class ModelSpec:
     quick_time_budget: float | None = None  # seconds: --quick trains this long, on any machine
     # (model, "head" | "finetune", fraction) -> None, for families with a pretrained backbone
     set_trainable: Callable[[object, str, float], None] | None = None
+    # (model, uint8 training images) -> None: weights set from the data before training
+    fit_to_data: Callable[[object, object], None] | None = None
 
     def build(self, **kwargs):
         return self.builder(**{**dict(self.builder_kwargs), **kwargs})
@@ -70,7 +72,7 @@ def create_model(name: str, **kwargs):
 
 def _load_families() -> None:
     # Importing the family modules runs their register_model calls (one file per family).
-    from . import cnn, mobilenetv2, wide_resnet  # noqa: F401
+    from . import airbench, cnn, mobilenetv2, wide_resnet  # noqa: F401
 
 
 def resolve_recipe(name: str, quick: bool = False, **overrides) -> Recipe:

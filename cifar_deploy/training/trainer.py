@@ -24,12 +24,13 @@ import numpy as np
 
 from .. import _tf, reference
 from ..contract import library_versions
+from ..cpu import cpu_info
 from ..data import CifarData, load_cifar10, subsample, train_val_split
 from ..errors import InvalidOptionError, TrainingInterrupted
 from ..tta import mirrored
 from .budget import TimeBudget
 from .recipes import Phase, Recipe, eval_dataset, make_loss, make_optimizer, train_dataset
-from .registry import ModelSpec, get_model_spec
+from .registry import ModelSpec, get_model_spec, recipe_summary
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 MAX_BUDGET_EPOCHS = 100_000  # with a time budget, time ends training; this only bounds fit()
@@ -72,11 +73,7 @@ class RunResult:
 
 def cpu_supports_bf16() -> bool:
     """True on CPUs with AMX-BF16 or AVX512-BF16, where oneDNN runs bfloat16 fast."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_info().flags)
 
 
 def resolve_precision(mode: str) -> str:
@@ -400,8 +397,10 @@ def _evaluate_best(best_path: Path, data: CifarData) -> tuple[float, float]:
 def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> dict:
     return {
         "model": spec.name,
+        "architecture": spec.description,
         "status": "running",
         "recipe": recipe.to_dict(),
+        "recipe_summary": recipe_summary(recipe),
         "seed": config.seed,
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,
@@ -455,6 +454,9 @@ def train(config: TrainConfig, data: CifarData | None = None) -> RunResult:
     previous_policy = keras.mixed_precision.global_policy().name
     try:
         recorder.model, recorder.twin = _build(spec, kwargs, policy, strategy)
+        if spec.fit_to_data is not None:
+            for model in {id(m): m for m in (recorder.model, recorder.twin)}.values():
+                spec.fit_to_data(model, x_tr)
         datasets = (
             train_dataset(x_tr, y_tr, recipe, config.seed),
             eval_dataset(x_val, y_val, recipe.batch_size),
