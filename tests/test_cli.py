@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -32,10 +35,17 @@ def test_help_lists_the_commands():
 
 
 @pytest.mark.parametrize("columns", [80, 200])
-def test_help_paragraphs_wrap_to_the_terminal_width(columns):
-    result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": str(columns)})
-    assert result.exit_code == 0
-    prose = [line.strip() for line in result.stdout.splitlines() if "│" not in line]
+def test_help_paragraphs_wrap_to_the_terminal_width_up_to_120_columns(columns):
+    # a real process: click's test runner pins help to 80 columns
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_deploy", "serve", "--help"],
+        env={**os.environ, "COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    prose = [line.strip() for line in result.stdout.splitlines()]
     words = " ".join(prose).split()
     assert "a directory: exports/cnn/ serves every artifact" in " ".join(words)
     lines = [line for line in prose if line]
@@ -43,7 +53,8 @@ def test_help_paragraphs_wrap_to_the_terminal_width(columns):
     paragraph = next(i for i, line in enumerate(lines) if line.startswith("ARTIFACT is"))
     end = next(i for i, line in enumerate(lines) if '"Limits")' in line)
     assert end > paragraph
-    assert all(len(line) > (columns - 2) * 0.6 for line in lines[paragraph:end])
+    width = min(columns, 120)  # help text stops widening at 120 columns
+    assert all(len(line) > (width - 2) * 0.6 for line in lines[paragraph:end])
 
 
 def test_train_help_explains_the_options():
@@ -69,7 +80,7 @@ def test_models_json_lists_the_registry_with_parameter_counts():
     result = invoke("models", "--json")
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"cnn", "mobilenetv2", "wrn-28-10"}
+    assert set(rows) == {"airbench", "cnn", "mobilenetv2", "wrn-28-10"}
     assert 1.5e6 <= rows["cnn"]["parameters"] <= 2.5e6
     assert 36.3e6 <= rows["wrn-28-10"]["parameters"] <= 36.7e6
     assert rows["cnn"]["quick_preset"] is True
@@ -83,7 +94,7 @@ def test_unknown_model_exits_2_with_the_closest_name(cifar_dir):
 
 def test_quick_for_a_model_without_a_preset_exits_2():
     result = invoke("train", "wrn-28-10", "--quick")
-    assert_one_line_error(result, 2, "--quick is a preset for cnn")
+    assert_one_line_error(result, 2, "--quick is a preset for airbench, cnn")
 
 
 def test_bad_wide_resnet_depth_exits_2():
@@ -136,3 +147,26 @@ def test_train_json_prints_the_run_record(tmp_path, cifar_dir):
     assert info["status"] == "completed" and info["data"]["train_images"] == 36
     assert (tmp_path / "runs" / "cnn" / "best.keras").exists()
     assert 0.0 <= info["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "command", ["", "models", "train", "export", "verify", "bench", "inspect", "serve", "predict",
+                "pipeline"],
+)  # fmt: skip
+def test_every_help_fits_80_columns_and_shows_flags_without_a_type(command):
+    result = runner.invoke(app, [c for c in (command, "--help") if c], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_choices_come_from_the_format_table_and_the_registries():
+    """``export --help`` offers exactly the formats and quantizations the export table has."""
+    from cifar_deploy.export import export_formats
+
+    text = " ".join(invoke("export", "--help").stdout.split())
+    formats = [f.name for f in export_formats()]
+    assert f"<{'|'.join(formats)}|all>" in text
+    quantizations = dict.fromkeys(q for f in export_formats() for q in f.quantizations)
+    assert f"<{'|'.join(quantizations)}>" in text
+    assert "<none|mirrored|multi-worker>" in " ".join(invoke("train", "--help").stdout.split())
