@@ -327,6 +327,7 @@ def _verify(cfg: PipelineConfig) -> str:
             len(_export_targets(cfg)), export_seconds, time.perf_counter()
         )
         cfg.plan.verify_samples_used = samples
+    kept: dict = {}
     with _progress(cfg, "verifying", total=None) as advance:
         rows = verify(
             _artifact_paths(cfg),
@@ -334,7 +335,13 @@ def _verify(cfg: PipelineConfig) -> str:
             data_dir=cfg.data_dir,
             samples=samples,
             on_progress=pass_reporter(advance),
+            keep=kept,
         )
+    # What the report's confusion matrices and reliability diagram are drawn from.
+    np.savez_compressed(
+        cfg.run_dir / "predictions.npz",
+        **{k: v.astype(np.float16) if k != "labels" else v for k, v in kept.items()},
+    )
     (cfg.run_dir / "parity.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2))
     passed = sum(r.status == "pass" for r in rows[1:])
     return f"{passed} of {len(rows) - 1} artifacts pass parity on {rows[0].samples:,} test images"
@@ -371,6 +378,9 @@ def _report_outputs(cfg: PipelineConfig) -> list[Path]:
         *training,
         d / "latency.png",
         d / "accuracy.png",
+        d / "confusion.png",
+        d / "reliability.png",
+        d / "per_class.png",
     ]
 
 
@@ -400,7 +410,12 @@ STAGES: list[Stage] = [
         _train,
     ),
     Stage("export", lambda c: [c.checkpoint, c.declaration], _export_paths, _export),
-    Stage("verify", _export_paths, lambda c: [c.run_dir / "parity.json"], _verify),
+    Stage(
+        "verify",
+        _export_paths,
+        lambda c: [c.run_dir / "parity.json", c.run_dir / "predictions.npz"],
+        _verify,
+    ),
     Stage("bench", _export_paths, lambda c: [c.run_dir / "bench.json"], _bench),
     Stage(
         "report",

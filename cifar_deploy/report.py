@@ -7,6 +7,7 @@ plots (training curves, latency against batch size, accuracy against size).
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -85,6 +86,8 @@ def build_report(run_dir: Path) -> dict:
                 "wall_seconds",
                 "precision_policy",
                 "data",
+                "architecture",
+                "recipe_summary",
             )
         },
         "trained_here": trained,
@@ -132,13 +135,35 @@ def _not_trained_here(report: dict) -> str:
     return f"Not trained by cifar-deploy: the model is `{report.get('reference_path')}`."
 
 
-def render_markdown(report: dict) -> str:
+def _cpu_line(machine: dict) -> str:
+    return (
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
+        f"int8: {machine.get('cpu_int8', '?')}; bf16: {machine.get('cpu_bf16', '?')}"
+    )
+
+
+def _training_text(report: dict) -> str:
     t = report["training"]
+    if t.get("test_accuracy") is None:
+        return _not_trained_here(report)
+    return (
+        f"Model `{report['model']}`: {t.get('architecture') or 'architecture not recorded'}. "
+        f"Recipe: {t.get('recipe_summary') or 'not recorded'}. "
+        f"Test accuracy {t['test_accuracy']:.2%}{_tta_note(t)} (best validation "
+        f"{t['best_val_accuracy']:.2%}) "
+        f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
+        f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
+    )
+
+
+def render_markdown(report: dict) -> str:
     m = report["machine"]
     rec = report["recommendation"]
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
     lines = [
         f"# Deployment report: {report['model']}",
+        "",
+        f"Measured on {_cpu_line(m)}: latencies and int8 results hold for this CPU kind.",
         "",
         f"**Recommendation.** Smallest artifact that passes parity: "
         f"`{rec['smallest_passing'] or 'none'}`. Fastest (batch-1 latency) that passes parity: "
@@ -146,68 +171,129 @@ def render_markdown(report: dict) -> str:
         "",
         "## Training",
         "",
-        f"Test accuracy {t['test_accuracy']:.2%}{_tta_note(t)} (best validation "
-        f"{t['best_val_accuracy']:.2%}) "
-        f"after {t['epochs_run']} epochs in {t['wall_seconds']:.0f} s, precision "
-        f"{t['precision_policy']}, {t['data']['train_images']:,} training images."
-        if t.get("test_accuracy") is not None
-        else _not_trained_here(report),
+        _training_text(report),
         "",
         *(["![training curves](training.png)", ""] if report.get("trained_here", True) else []),
         f"## Artifacts (parity on {report['test_images'] or 0:,} test images, reference "
         f"accuracy {report['reference_accuracy'] or 0:.2%})",
         "",
         markdown_table(COLUMNS, [_cells(r) for r in report["artifacts"]]),
-        "![latency against batch size](latency.png)",
-        "",
-        "![accuracy against size](accuracy.png)",
-        "",
+        *[
+            f"![{caption}]({name})\n"
+            for name, caption in _pictures(report)
+            if name != "training.png"
+        ],
         "## Machine",
         "",
-        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, GPUs: {m.get('gpus') or 'none'}. "
-        f"{versions}",
+        f"{_cpu_line(m)}, GPUs: {m.get('gpus') or 'none'}. {versions}",
         "",
     ]
     return "\n".join(lines)
 
 
-def render_html(report: dict, markdown: str) -> str:
-    """A self-contained page: the table as HTML, the plots as images next to it."""
+# (file, caption) in the order the report shows them; a file that was not drawn is left out.
+PICTURES = (
+    ("training.png", "training curves"),
+    ("accuracy.png", "accuracy against size, as the difference from the reference"),
+    (
+        "confusion.png",
+        "confusion matrix of the reference and each quantized artifact's disagreements",
+    ),
+    ("reliability.png", "reliability diagram"),
+    ("per_class.png", "per-class accuracy difference"),
+    ("latency.png", "latency against batch size"),
+)
+
+
+def _pictures(report: dict) -> list[tuple[str, str]]:
+    drawn = set(report.get("pictures", ()))
+    return [(name, caption) for name, caption in PICTURES if name in drawn]
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(report: dict, run_dir: Path) -> str:
+    """One self-contained page (every picture embedded), to attach to a CI run or mail."""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
         for r in report["artifacts"]
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     rec = report["recommendation"]
-    training = (
-        '<p><img src="training.png" width="900"></p>' if report.get("trained_here", True) else ""
+    training = html.escape(_training_text(report)).replace("`", "")
+    pictures = "".join(
+        f"<h2>{html.escape(caption.capitalize())}</h2>"
+        f'<p><img alt="{html.escape(caption)}" src="{_data_uri(run_dir / name)}" '
+        'style="max-width:100%"></p>'
+        for name, caption in _pictures(report)
+        if (run_dir / name).exists()
     )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Deployment report: {html.escape(str(report["model"]))}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}</style>
+td:first-child{{text-align:left}}.cpu{{color:#555}}</style>
 </head><body><h1>Deployment report: {html.escape(str(report["model"]))}</h1>
+<p class="cpu">Measured on {html.escape(_cpu_line(report["machine"]))}</p>
 <p><b>Smallest passing:</b> {html.escape(str(rec["smallest_passing"]))} &middot;
 <b>Fastest passing:</b> {html.escape(str(rec["fastest_passing"]))}</p>
+<h2>Training</h2><p>{training}</p>
+<h2>Artifacts</h2>
 <table><tr>{head}</tr>{rows}</table>
-{training}<p><img src="latency.png" width="900"></p>
-<p><img src="accuracy.png" width="600"></p>
-<pre>{html.escape(markdown)}</pre></body></html>
+{pictures}
+</body></html>
 """
+
+
+def _draw(run_dir: Path, parity: list[dict]) -> list[str]:
+    """The pictures this run's files allow, as PNGs beside the report; returns their names."""
+    import numpy as np
+
+    from .plots import plot_accuracy_png, plot_confusion, plot_per_class, plot_reliability
+
+    drawn = []
+    plot_accuracy_png(parity, run_dir / "accuracy.png")
+    drawn.append("accuracy.png")
+    kept_path = run_dir / "predictions.npz"
+    if kept_path.exists():
+        with np.load(kept_path) as kept_file:
+            kept = {k: kept_file[k] for k in kept_file.files}
+        rows = [r for r in parity if r["status"] != "reference" and r["name"] in kept]
+        quantized = [r["name"] for r in rows if r["quantization"] != "none"]
+        names = _class_names(rows, int(np.asarray(kept["reference"]).shape[1]))
+        plot_confusion(kept, quantized, names, run_dir / "confusion.png")
+        plot_reliability(kept, quantized, run_dir / "reliability.png")
+        plot_per_class(kept, quantized, names, run_dir / "per_class.png")
+        drawn += ["confusion.png", "reliability.png", "per_class.png"]
+    return drawn
+
+
+def _class_names(rows: list[dict], classes: int) -> list[str]:
+    for row in rows:
+        sidecar = sidecar_path(Path(row["path"]))
+        if sidecar.exists():
+            names = json.loads(sidecar.read_text()).get("class_names") or []
+            if len(names) == classes:
+                return names
+    return [f"class_{i}" for i in range(classes)]
 
 
 def write_report(run_dir: Path) -> dict[str, Path]:
     from .checks.bench import BenchRow
-    from .plots import plot_accuracy_png, plot_bench, plot_history
+    from .plots import plot_bench, plot_history
 
     run_dir = Path(run_dir)
     report = build_report(run_dir)
     bench_rows = [BenchRow(**r) for r in _load(run_dir / "bench.json")["rows"]]
+    drawn = []
     if (run_dir / "history.csv").exists():
         plot_history(run_dir / "history.csv", run_dir / "training.png")
+        drawn.append("training.png")
     plot_bench(bench_rows, run_dir / "latency.png")
-    plot_accuracy_png(_load(run_dir / "parity.json"), run_dir / "accuracy.png")
+    drawn += ["latency.png", *_draw(run_dir, _load(run_dir / "parity.json"))]
+    report["pictures"] = drawn
     markdown = render_markdown(report)
     paths = {
         "json": run_dir / "report.json",
@@ -216,5 +302,5 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     }
     paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     paths["markdown"].write_text(markdown)
-    paths["html"].write_text(render_html(report, markdown))
+    paths["html"].write_text(render_html(report, run_dir))
     return paths

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -62,7 +63,14 @@ def test_every_stage_runs_and_the_report_is_written(finished):
         "report.html",
     ):
         assert (run / name).stat().st_size > 0, name
-    for plot in ("training.png", "latency.png", "accuracy.png"):
+    for plot in (
+        "training.png",
+        "latency.png",
+        "accuracy.png",
+        "confusion.png",
+        "reliability.png",
+        "per_class.png",
+    ):
         assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(cfg.export_dir.glob("*.json"))) == 7  # tflite x4 + onnx x3
 
@@ -83,6 +91,50 @@ def test_report_names_the_smallest_and_fastest_passing_artifacts(finished):
     md = (cfg.run_dir / "report.md").read_text()
     assert "Recommendation" in md and smallest["artifact"] in md and "![training curves]" in md
     assert report["machine"]["cores"] >= 1
+
+
+def test_report_says_which_architecture_and_recipe_trained_and_on_which_cpu(finished):
+    cfg, _ = finished
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "Model `cnn`: 3-block CNN baseline" in md
+    assert "Recipe: train: 1 ep SGD+Nesterov" in md
+    header = md.splitlines()[2]
+    assert header.startswith("Measured on ") and "int8: " in header and "bf16: " in header
+    assert "int8: " in (cfg.run_dir / "report.html").read_text()
+
+
+def test_the_html_report_is_one_self_contained_file_with_every_picture(finished):
+    cfg, _ = finished
+    page = (cfg.run_dir / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 6
+    assert not re.search(r'src="(?!data:)', page)  # nothing fetched from beside it
+    for caption in ("Confusion matrix", "Reliability diagram", "Per-class accuracy difference"):
+        assert caption in page
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "(confusion.png)" in md and "(reliability.png)" in md
+
+
+def test_the_accuracy_plot_puts_every_label_apart_even_when_points_crowd(finished):
+    from cifar_deploy.plots import accuracy_figure
+
+    cfg, _ = finished
+    parity = [r for r in json.loads((cfg.run_dir / "parity.json").read_text())]
+    crowd = [
+        dict(r, name=f"{r['name']} #{k}", accuracy_diff=(r["accuracy_diff"] or 0.0) + 0.01 * k)
+        for k in range(3)
+        for r in parity
+        if r["status"] != "reference"
+    ]
+    fig, labels = accuracy_figure(crowd)
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(label) for label in labels]  # the text, not its line
+    assert len(boxes) == len(crowd) >= 12
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    ymin, ymax = fig.axes[0].get_ylim()
+    assert ymin <= -1.5 and ymax >= 0.5  # the tolerance band is always in view
 
 
 def copy_of(finished, tmp_path) -> PipelineConfig:

@@ -303,6 +303,7 @@ def verify(
     consumers: Sequence[str] = (),
     tta: str = "none",
     declared=None,
+    keep: dict | None = None,
 ) -> list[ParityRow]:
     """Evaluate the reference and every artifact on the test split; one row each, plus one row
     per ``consumers`` library (e.g. "mediapipe") and artifact it can load, compared with our
@@ -313,6 +314,9 @@ def verify(
     ``on_progress(name, done, total)`` is called before each pass over the split (``done`` of
     ``total`` passes made so far), and once with ``done == total`` at the end. The reference's
     probabilities that training kept beside the model are used when they match it.
+
+    ``keep``, when given, receives the arrays behind the rows: ``labels``, ``reference`` and
+    each artifact's probabilities under its file name (the report's pictures come from them).
 
     Bad inputs (corrupt artifacts, hash mismatches, mixed models, a non-Keras reference, an
     unknown consumer) raise before any evaluation; a runtime failure during evaluation becomes
@@ -357,10 +361,14 @@ def verify(
             seconds=time.perf_counter() - started,
         )
     ]
+    if keep is not None:
+        keep.update(labels=y, reference=ref)
     for path, predictor in predictors.items():
         baked = predictor.metadata.tta
         progress(path.name, 1 + int(tta != "none"))
         row, probs = _row(predictor, x, y, reference(baked), overrides)
+        if keep is not None and probs is not None and baked == "none":
+            keep[path.name] = probs
         row.tta = baked
         if tta != "none" and baked == "none" and probs is not None:
             row.accuracy_tta = _accuracy(with_tta(predictor.predict, tta)(x), y)
