@@ -31,6 +31,7 @@ class ServeOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     verbose: bool = False
     fast_path: bool = True  # plain inference requests answered from the protocol (http_lane)
+    data_dir: Path | None = None  # test images for the page's "random test image"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,16 @@ def load_models(options: ServeOptions):
     return {options.name or predictor.metadata.model_name: predictor}, {}
 
 
+def load_samples(data_dir: Path, predictors: dict):
+    """The test split of ``data_dir`` at the first served model's input size, for the page."""
+    from ..data import load_dataset
+    from .server import SampleImages
+
+    signature = next(iter(predictors.values())).signature
+    data = load_dataset(data_dir, download=False, size=(signature.height, signature.width))
+    return SampleImages(data.x_test, data.y_test, data.class_names)
+
+
 def serve_here(
     options: ServeOptions,
     announce: Callable[[Started], None],
@@ -78,6 +89,7 @@ def serve_here(
     from .server import build_server_app
 
     predictors, skipped = load_models(options)
+    samples = load_samples(options.data_dir, predictors) if options.data_dir else None
     app = build_server_app(
         predictors,
         None,
@@ -89,6 +101,7 @@ def serve_here(
         grpc_host=options.host,
         grpc_socket=grpc_socket,
         limits=options.limits,
+        samples=samples,
     )
     lines = [
         f"serving {p.path} as {n!r} ({p.provider}) on "

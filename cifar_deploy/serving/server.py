@@ -14,11 +14,14 @@ traceback and answered with a JSON 500, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import io
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,10 +324,18 @@ class ModelRepository:
     configuration, readiness and inference, classification and metrics. Artifacts that could
     not be loaded are listed in the index as unavailable, with the reason."""
 
-    def __init__(self, models: dict[str, ServedModel], metrics, body: BodyBudget, skipped=None):
+    def __init__(
+        self,
+        models: dict[str, ServedModel],
+        metrics,
+        body: BodyBudget,
+        skipped=None,
+        samples: SampleImages | None = None,
+    ):
         self.models, self.body, self.limit = models, body, body.max_payload
         self.registry, self.m = metrics
         self.skipped: dict[str, str] = dict(skipped or {})  # artifact -> why it is not served
+        self.samples = samples  # test images for the page's "random test image"
         self.grpc_calls = 0  # gRPC inference calls in progress
         self.decoding = asyncio.Semaphore(DECODES_AT_ONCE)  # uploads being decoded
 
@@ -449,6 +460,24 @@ class ModelRepository:
         predictions = top_k(probs, top, served.predictor.class_names)
         return {"model_name": served.name, "predictions": predictions}
 
+    async def page(self):
+        """``GET /``: a page to try every served model on an image, through the endpoints
+        above (one file inside the package: no network needed)."""
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(_page_html())
+
+    async def random_sample(self):
+        """``GET /v1/samples/random``: one test image (a PNG data URL) and its true class, when
+        the server was given a dataset (``serve --data-dir``); 404 otherwise."""
+        if self.samples is None:
+            return _error_response(
+                404, "this server was started without test images; pass serve --data-dir PATH"
+            )
+        index, png, label = self.samples.draw()
+        image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return {"index": index, "label": label, "image": image}
+
     async def metrics(self):
         from fastapi.responses import Response
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -474,7 +503,34 @@ class ModelRepository:
             *[(f"{MODEL_ROUTE}/versions/{{version}}{tail}", h, "GET") for tail, h in per_model],
             ("/v1/classify", self.classify, "POST"),
             ("/metrics", self.metrics, "GET"),
+            ("/", self.page, "GET"),
+            ("/v1/samples/random", self.random_sample, "GET"),
         ]
+
+
+@functools.cache
+def _page_html() -> str:
+    from importlib.resources import files
+
+    return files("cifar_deploy.serving").joinpath("page/index.html").read_text(encoding="utf-8")
+
+
+@dataclass
+class SampleImages:
+    """Test images the page can draw from: uint8 NHWC, their labels, the class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: Sequence[str]
+
+    def draw(self) -> tuple[int, bytes, str]:
+        """(index, PNG bytes, true class name) of a random image."""
+        from PIL import Image
+
+        index = int(np.random.default_rng().integers(len(self.labels)))
+        buffer = io.BytesIO()
+        Image.fromarray(self.images[index]).save(buffer, format="PNG")
+        return index, buffer.getvalue(), str(self.class_names[int(self.labels[index])])
 
 
 def _add_error_handlers(app) -> None:
@@ -512,6 +568,7 @@ def build_server_app(
     grpc_host: str = "127.0.0.1",
     grpc_socket=None,
     limits: ServerLimits | None = None,
+    samples: SampleImages | None = None,
 ):
     """The FastAPI application serving one predictor as model ``name``, or a repository of
     them (``{name: predictor}``), each with its own dynamic batcher; ``skipped`` lists the
@@ -546,7 +603,7 @@ def build_server_app(
         for n, p in predictors.items()
     }
     body = BodyBudget(limits, max_payload_bytes)
-    repository = ModelRepository(models, (registry, m), body, skipped)
+    repository = ModelRepository(models, (registry, m), body, skipped, samples)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -574,7 +631,9 @@ def build_server_app(
         for model in models.values():  # in-flight requests finish before shutdown completes
             await model.batcher.stop()
 
-    app = FastAPI(title="cifar-deploy", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, blank offline.
+    # The page at / is the served models' live example; /openapi.json stays for tools.
+    app = FastAPI(title="cifar-deploy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.repository = repository
     for path, handler, method in repository.routes():
         app.add_api_route(path, handler, methods=[method])
