@@ -145,6 +145,10 @@ def plot_accuracy_vs_size(parity_rows: Sequence[dict], ax) -> list:
         title="Accuracy against size",
     )
     ax.grid(True, alpha=0.3)
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 2, 5, 10 MiB, not 2x10^0
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     return _label_column(ax, [(p[0], p[1], p[2]) for p in points])
 
 

@@ -89,6 +89,7 @@ def test_time_is_kept_back_for_validation_and_the_final_test_pass():
     assert budget.fraction() == pytest.approx(10.0 / 70.0)
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_a_budgeted_run_records_its_budget_steps_and_epochs(tmp_path, cifar_dir):
     recipe = resolve_recipe("cnn", batch_size=32, mixed_precision="off")
     config = TrainConfig(

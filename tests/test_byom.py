@@ -522,6 +522,7 @@ def test_an_empty_folder_is_no_data_set(tmp_path):
 # Models from elsewhere: keras.applications, and Keras 2 files written by tf_keras
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_keras_applications_mobilenetv3small_exports_and_verifies(tmp_path, cifar_dir):
     keras = _keras()
     keras.utils.set_random_seed(0)

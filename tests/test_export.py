@@ -344,6 +344,7 @@ def test_cli_without_runs_says_to_train_first(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_cli_all_continues_past_a_failed_format(tiny_model, tmp_path, monkeypatch, cifar_dir):
     _failing_format(monkeypatch, "onnx", RuntimeError("converter crashed"))
     result = invoke(

@@ -129,6 +129,7 @@ def test_oversized_pings_close_the_connection(served):
     served.assert_unharmed(rss)
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_a_ping_flood_from_a_client_that_never_reads_is_bounded(served):
     rss = served.rss()
     attacker = h2raw.Connection(served.grpc, drain=False)
@@ -202,6 +203,7 @@ def _refused(connection: h2raw.Connection) -> set[int]:
     return {stream for kind, _, stream, _ in connection.frames if kind == h2raw.RST_STREAM}
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_idle_connections_beyond_the_cap_are_refused_then_closed(served):
     """Twice the gRPC cap of connections that send nothing, only the preface, or the preface
     and SETTINGS: HTTP is not starved (its cap is its own), and once the handshake and idle

@@ -42,6 +42,7 @@ def test_every_tflite_carries_metadata_a_mobile_library_reads(tiny_exports, quan
     assert (artifact.path.parent / "labels.txt").read_text().split() == list(CLASS_NAMES)
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 def test_metadata_leaves_the_outputs_bit_identical(tiny_model, tmp_path, monkeypatch, quantization):
     options = ExportOptions(quantization=quantization, calibration_images=CALIBRATION)

@@ -166,6 +166,7 @@ def test_a_newer_input_reruns_the_stages_after_it(finished, tmp_path):
     assert [r.status for r in results] == ["skipped"] * 4 + ["done"]
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_force_redoes_everything(tmp_path, cifar_dir):
     cfg = tiny_config(tmp_path, cifar_dir, force=True)
     cfg.formats = ("onnx",)
@@ -228,6 +229,7 @@ def test_cli_pipeline_end_to_end_on_synthetic_data(tmp_path, cifar_dir):
     assert [s["status"] for s in json.loads(again.stdout)] == ["skipped"] * 5
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_the_export_stage_tries_every_target_and_names_each_failure(
     tmp_path, cifar_dir, monkeypatch
 ):
@@ -300,6 +302,7 @@ def test_a_model_file_of_ones_own_skips_training_and_is_exported_as_declared(tmp
     assert "training.png" not in markdown and not (tmp_path / "runs/theirs/training.png").exists()
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_a_changed_declaration_exports_again_and_the_same_one_does_not(tmp_path, cifar_dir):
     model = _user_logits_model(tmp_path / "theirs.keras")
     first = runner.invoke(app, _user_args(model, tmp_path, cifar_dir, "--add-softmax"))

@@ -78,6 +78,7 @@ def test_verify_is_planned_again_when_it_starts_from_the_time_left():
     assert p.verify_samples_now(9, p.export, p.started + 899.0) == pipeline.MIN_VERIFY_SAMPLES
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_a_budgeted_pipeline_records_its_plan_and_trains_within_its_share(
     tmp_path, cifar_dir, monkeypatch
 ):

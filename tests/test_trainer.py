@@ -83,6 +83,7 @@ def test_training_learns_the_synthetic_classes(tmp_path):
     assert result.test_accuracy >= 0.5  # chance is 0.1; colours separate the classes
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_mixed_precision_checkpoints_are_float32(tmp_path, cifar_dir):
     train(tiny_config(tmp_path, cifar_dir, mixed_precision="bf16"))
     keras = _tf.keras()
@@ -93,6 +94,7 @@ def test_mixed_precision_checkpoints_are_float32(tmp_path, cifar_dir):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_ctrl_c_leaves_a_loadable_last_checkpoint(tmp_path, cifar_dir):
     keras = _tf.keras()
 
@@ -167,6 +169,7 @@ def test_a_freezing_phase_on_a_model_without_backbone_is_refused(tmp_path, cifar
         train(config)
 
 
+@pytest.mark.slow  # the fast loop (-m 'not slow') leaves it to CI
 def test_mobilenetv2_phases_freeze_fine_tune_then_unfreeze_everything(tmp_path, cifar_dir):
     # A tiny MobileNetV2 through three phases, one epoch each: the head (frozen backbone), the
     # fine-tune (last half of the backbone), then "all" (a head -> all recipe must unfreeze it).

@@ -58,7 +58,7 @@ def pipeline_cmd(
         bool,
         Opt(
             help="airbench or cnn: every stage within 15 minutes on any machine; airbench "
-            "reaches 70% on the slowest CPU kind (see README)."
+            "reaches 70% on the slowest CPU kind (see docs/benchmarks.md)."
         ),
     ] = False,
     epochs: Annotated[Optional[int], Opt(help="Epochs of the main training phase.", min=1)] = None,

@@ -69,7 +69,7 @@ def serve_cmd(
         Opt(
             "--fast-path/--no-fast-path",
             help="Answer plain HTTP/1.1 inference requests from the protocol, without the ASGI "
-            "cycle (see README); off: every request takes the ASGI path.",
+            "cycle (see docs/serve.md); off: every request takes the ASGI path.",
         ),
     ] = True,
     workers: Annotated[
@@ -103,7 +103,7 @@ def serve_cmd(
     after --header-timeout-s, bodies must arrive within --body-timeout-s, at most
     --max-connections HTTP and --grpc-max-connections gRPC connections are open at once (both
     within the open-file limit), and each model queues at most --max-queue requests (see
-    README, "Limits").
+    docs/serve.md, "Limits").
 
     --workers N runs N server processes on the same ports, each with its own event loop and
     batchers: the kernel spreads connections over them and a connection stays with one. It pays

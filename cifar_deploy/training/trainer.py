@@ -400,7 +400,13 @@ def _run_info(config, spec, recipe, policy, strategy, kwargs, data, sizes) -> di
         "architecture": spec.description,
         "status": "running",
         "recipe": recipe.to_dict(),
-        "recipe_summary": recipe_summary(recipe),
+        "recipe_summary": recipe_summary(recipe)
+        + (
+            f" (trained for a {config.time_budget:.0f} s budget instead: the schedule follows "
+            "elapsed time)"
+            if config.time_budget is not None
+            else ""
+        ),
         "seed": config.seed,
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,

@@ -1,0 +1,6 @@
+"""``python -m cifar_deploy.cli``: the same CLI as ``cifar-deploy``."""
+
+from . import main
+
+if __name__ == "__main__":
+    main()
