@@ -29,8 +29,21 @@ def _handler(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt or was raised while handling one (a native
+    library that got our interrupt mid-call can turn it into a SystemError: "returned a result
+    with an exception set")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _unraisable(args) -> None:
-    if isinstance(args.exc_value, KeyboardInterrupt) and _received:
+    if _received and _caused_by_interrupt(args.exc_value):
         return  # our own interrupt, raised where it could not propagate: check() raises it
     sys.__unraisablehook__(args)
 
