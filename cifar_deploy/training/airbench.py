@@ -103,10 +103,13 @@ def whiten_from_data(model, images: np.ndarray, sample: int = 5000) -> None:
     layer = next(la for la in model.layers if la.name.endswith("_whiten"))
     if len(images) > sample:
         images = images[np.random.default_rng(0).permutation(len(images))[:sample]]
-    subset = images
-    kernel = whitening_filters(subset)
-    x = (subset.astype(np.float64) - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
-    mean_patch = np.broadcast_to(x.mean(axis=(0, 1, 2)), (WHITEN_KERNEL, WHITEN_KERNEL, 3))
+    kernel = whitening_filters(images)
+    # The standardized images' mean pixel: standardization is affine, so standardize the mean
+    # instead of a float64 copy of every image.
+    mean = (images.mean(axis=(0, 1, 2), dtype=np.float64) - np.array(CIFAR_MEAN)) / np.array(
+        CIFAR_STD
+    )
+    mean_patch = np.broadcast_to(mean, (WHITEN_KERNEL, WHITEN_KERNEL, 3))
     bias = -np.tensordot(mean_patch, kernel.astype(np.float64), axes=3)
     layer.set_weights([kernel, bias.astype(np.float32)])
 
